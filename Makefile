@@ -1,0 +1,49 @@
+# Set-up and everyday commands. Every target does the set-up it needs, once:
+#   make train   set up, then train the default model (Fashion-MNIST, compact ResNet, SGD)
+#   make test    set up, then run the tests
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data train test lint format bench clean
+
+setup: $(INSTALLED) data
+
+$(INSTALLED): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST: the Debian package when we are root with apt, else a torchvision download.
+data: $(INSTALLED)
+	@if [ -f $(FASHION_MNIST) ] || [ -f data/fashion_mnist/FashionMNIST/raw/train-images-idx3-ubyte.gz ]; then \
+		echo "Fashion-MNIST is present"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y -q dataset-fashion-mnist || { apt-get update -q && apt-get install -y -q dataset-fashion-mnist; }; \
+	else \
+		$(PY) -c "from ssam.data.fashion_mnist import download_fashion_mnist; download_fashion_mnist(None)"; \
+	fi
+
+train: setup
+	$(PY) train.py
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(INSTALLED)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+bench: setup
+	$(PY) scripts/bench_mask.py --json docs/bench_mask_cpu.json
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

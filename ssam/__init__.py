@@ -1,0 +1,11 @@
+"""ssam: Sharpness-Aware Minimization and Sparse SAM (SSAM-F, SSAM-D), with a Hydra trainer.
+
+The optimizers import on their own, without Hydra, wandb or any data code:
+
+    from ssam import SAM, SSAM, FisherMask, DynamicMask
+"""
+
+from ssam.optim import SAM, SSAM, DynamicMask, FisherMask
+
+__all__ = ["SAM", "SSAM", "DynamicMask", "FisherMask"]
+__version__ = "0.1.0"

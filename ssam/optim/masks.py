@@ -1,0 +1,201 @@
+"""How Sparse SAM chooses which weights to perturb: the mask strategies of SSAM-F and SSAM-D.
+
+A mask is a list of bool tensors, one per parameter, with True where the weight is perturbed.
+Sparsity s is the fraction of False entries; every strategy keeps exactly
+``active_count(N, s)`` entries on, chosen globally across all parameters.
+
+A strategy is called by ``SSAM`` as ``strategy(params, masks, sparsity, epoch)`` and returns
+the new masks; ``masks`` is None the first time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from ssam.optim.fisher import LossFn, fisher_scores, resolve_fisher_method
+
+SCORES = ("gradient", "weight", "random")
+
+
+def active_count(num_entries: int, sparsity: float) -> int:
+    """k = N·(1−s), rounded to the nearest whole entry."""
+    return int(round(num_entries * (1.0 - sparsity)))
+
+
+def _flatten(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def _unflatten(flat: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    pieces = torch.split(flat, [t.numel() for t in like])
+    return [piece.view(t.shape).to(t.device) for piece, t in zip(pieces, like)]
+
+
+def _highest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of the ``count`` largest scores; among equal scores the lower index wins."""
+    return torch.sort(scores, descending=True, stable=True).indices[:count]
+
+
+def global_topk_mask(scores: list[torch.Tensor], sparsity: float) -> list[torch.Tensor]:
+    """Mask keeping the N·(1−s) highest scores across all tensors (ties: first entries win)."""
+    flat = _flatten([s.detach().to(scores[0].device) for s in scores])
+    keep = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    keep[_highest(flat, active_count(flat.numel(), sparsity))] = True
+    return _unflatten(keep, scores)
+
+
+def _check_update_freq(update_freq: int) -> None:
+    if not (isinstance(update_freq, int) and update_freq >= 1):
+        raise ValueError(f"update_freq must be an integer >= 1, got {update_freq!r}")
+
+
+class FisherMask:
+    """SSAM-F: perturb the weights with the largest empirical Fisher information.
+
+    Every ``update_freq`` epochs (and before the first step) it draws ``num_samples`` examples
+    from ``dataset`` with its own generator, seeded by (``seed``, epoch), so the draw neither
+    consumes nor depends on the training loader's randomness, and computes F̂ exactly
+    (ssam.optim.fisher). The paper's code starts from an all-zero mask; this one computes the
+    first mask before the first step.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        dataset: Dataset,
+        *,
+        num_samples: int = 128,
+        update_freq: int = 1,
+        method: str = "auto",
+        loss_fn: LossFn = F.cross_entropy,
+        seed: int = 0,
+        chunk_size: int = 32,
+    ) -> None:
+        if not (isinstance(num_samples, int) and num_samples >= 1):
+            raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
+        if num_samples > len(dataset):
+            raise ValueError(
+                f"num_samples ({num_samples}) is larger than the dataset ({len(dataset)} examples)"
+            )
+        _check_update_freq(update_freq)
+        resolve_fisher_method(method, torch.device("cpu"))
+        self.model = model
+        self.dataset = dataset
+        self.num_samples = num_samples
+        self.update_freq = update_freq
+        self.method = method
+        self.loss_fn = loss_fn
+        self.seed = seed
+        self.chunk_size = chunk_size
+
+    def is_due(self, epoch: int) -> bool:
+        return epoch % self.update_freq == 0
+
+    def samples(self, epoch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The examples of this epoch's refresh, the same on every process and every resume."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        indices = torch.randperm(len(self.dataset), generator=generator)[: self.num_samples]
+        # The dataset's transforms draw from the global RNG; keep the caller's stream intact.
+        with torch.random.fork_rng(devices=[]):
+            examples = [self.dataset[int(i)] for i in indices]
+        inputs = torch.stack([torch.as_tensor(x) for x, _ in examples]).to(device)
+        targets = torch.as_tensor([int(y) for _, y in examples], device=device)
+        return inputs, targets
+
+    def __call__(self, params, masks, sparsity: float, epoch: int) -> list[torch.Tensor]:
+        inputs, targets = self.samples(epoch, params[0].device)
+        scores = fisher_scores(
+            self.model,
+            params,
+            inputs,
+            targets,
+            method=self.method,
+            loss_fn=self.loss_fn,
+            chunk_size=self.chunk_size,
+        )
+        return global_topk_mask(scores, sparsity)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class DynamicMask:
+    """SSAM-D: a random mask that is pruned and regrown every ``update_freq`` epochs.
+
+    At epoch e the drop rate is d(e) = d₀ · (1 + cos(π e / T)) / 2. Of the k = N·(1−s) active
+    entries, the n = round(d(e)·k) with the lowest ``drop`` score are switched off, and the n
+    entries with the highest ``growth`` score among those that were off are switched on, so
+    exactly k stay active (n is capped at N − k, where the paper's code would lose entries).
+    Scores: ``gradient`` |g| (the current ascent gradient), ``weight`` |w|, ``random``.
+    All random draws use the strategy's own generator, saved in its state_dict.
+    """
+
+    def __init__(
+        self,
+        *,
+        total_epochs: int,
+        drop_rate: float = 0.5,
+        update_freq: int = 1,
+        drop: str = "gradient",
+        growth: str = "random",
+        seed: int = 0,
+    ) -> None:
+        if not 0.0 <= drop_rate <= 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
+        for name, value in (("drop", drop), ("growth", growth)):
+            if value not in SCORES:
+                raise ValueError(f"{name} must be one of {', '.join(SCORES)}, got {value!r}")
+        if not (isinstance(total_epochs, int) and total_epochs >= 1):
+            raise ValueError(f"total_epochs must be an integer >= 1, got {total_epochs!r}")
+        _check_update_freq(update_freq)
+        self.total_epochs = total_epochs
+        self.drop_rate = drop_rate
+        self.update_freq = update_freq
+        self.drop = drop
+        self.growth = growth
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def drop_rate_at(self, epoch: int) -> float:
+        return self.drop_rate * (1.0 + math.cos(math.pi * epoch / self.total_epochs)) / 2.0
+
+    def is_due(self, epoch: int) -> bool:
+        return epoch > 0 and epoch % self.update_freq == 0
+
+    def _scores(self, kind: str, params: list[torch.Tensor]) -> torch.Tensor:
+        if kind == "random":
+            return torch.rand(sum(p.numel() for p in params), generator=self.generator)
+        if kind == "weight":
+            return _flatten([p.detach().abs().cpu() for p in params])
+        return _flatten(
+            [torch.zeros(p.shape) if p.grad is None else p.grad.detach().abs().cpu() for p in params]
+        )
+
+    def __call__(self, params, masks, sparsity: float, epoch: int) -> list[torch.Tensor]:
+        total = sum(p.numel() for p in params)
+        active = active_count(total, sparsity)
+        if masks is None:
+            keep = torch.zeros(total, dtype=torch.bool)
+            keep[torch.randperm(total, generator=self.generator)[:active]] = True
+            return _unflatten(keep, params)
+        keep = _flatten([m.cpu() for m in masks])
+        changed = min(int(round(self.drop_rate_at(epoch) * active)), active, total - active)
+        on = keep.nonzero().squeeze(1)
+        off = (~keep).nonzero().squeeze(1)
+        dropped = on[_highest(-self._scores(self.drop, params)[on], changed)]
+        grown = off[_highest(self._scores(self.growth, params)[off], changed)]
+        keep[dropped] = False
+        keep[grown] = True
+        return _unflatten(keep, params)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

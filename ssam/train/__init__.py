@@ -1,0 +1,1 @@
+"""The trainer: the loop, checkpoints, metrics and logging sinks."""

@@ -1,0 +1,53 @@
+"""Checkpoints written atomically and read back safely.
+
+A checkpoint is a plain dict of tensors and containers, so it loads with
+``torch.load(weights_only=True)``; it goes to a temporary file in the same folder, is flushed
+to disk, then renamed over the old one, so a crash leaves either the old or the new file whole.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_FORMAT = "ssam-checkpoint-1"
+
+
+class CheckpointError(RuntimeError):
+    """The checkpoint file exists but cannot be used."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}. "
+            "It is truncated or was not written by ssam; delete it (or pass resume=false) to start over"
+        ) from error
+    if not isinstance(state, dict) or "format" not in state or state["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not an ssam checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    return state

@@ -1,0 +1,49 @@
+"""The run directory's record: one JSON line per epoch, one per mask update, and a summary."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class JsonLines:
+    """Appends one JSON object per line, flushed at once so a crash loses nothing written."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def keep_epochs_before(self, epoch: int) -> None:
+        """Drop records of epochs >= ``epoch``: a resumed run writes them again."""
+        if self.path.exists():
+            kept = [r for r in self.read() if r["epoch"] < epoch]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+def write_json(path: str | Path, record: dict[str, Any]) -> None:
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def format_table(record: dict[str, Any]) -> str:
+    """Two aligned columns, floats to 4 significant digits, for the console."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, float) and math.isfinite(value):
+            return f"{value:.4g}"
+        return str(value)
+
+    width = max(len(key) for key in record)
+    rule = "-" * (width + 24)
+    lines = [rule] + [f"{key:<{width}}  {show(value)}" for key, value in record.items()] + [rule]
+    return "\n".join(lines)

@@ -1,0 +1,276 @@
+"""The trainer: config in, a run directory of metrics, summary and checkpoint out.
+
+This is the one place below train.py that reads the config; everything it calls takes plain
+arguments.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ssam import data
+from ssam.models import build_model
+from ssam.optim import SSAM
+from ssam.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ssam.train.loop import evaluate, train_one_epoch
+from ssam.train.metrics import JsonLines, format_table, write_json
+from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
+from ssam.train.rng import rng_state, seed_everything, set_rng_state
+from ssam.train.schedulers import build_scheduler
+from ssam.train.validate import ConfigError, validate_config
+from ssam.train.wandb_sink import WandbSink
+
+# Settings that define a run: resuming a directory under other values would mix two runs.
+IDENTITY_KEYS = ("optimizer.name", "model.name", "dataset.name", "epochs", "seed", "batch_size")
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak CUDA memory allocated by tensors, or on the CPU the process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    dataset = cfg.dataset
+    if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
+        data.download(dataset.name, dataset.root)
+    return data.build_datasets(
+        dataset.name,
+        root=dataset.root,
+        image_size=dataset.image_size,
+        mean=list(dataset.mean),
+        std=list(dataset.std),
+        train_size=dataset.train_size,
+        test_size=dataset.test_size,
+        crop_padding=dataset.crop_padding,
+        hflip=dataset.hflip,
+        cutout=dataset.cutout,
+    )
+
+
+def _build_optimizer(cfg: DictConfig, model: torch.nn.Module, train_set) -> torch.optim.Optimizer:
+    settings = cfg.optimizer
+    strategy = None
+    if settings.name in SPARSE:
+        strategy = build_mask_strategy(
+            settings.name,
+            model,
+            train_set,
+            epochs=cfg.epochs,
+            seed=cfg.seed,
+            update_freq=settings.update_freq,
+            **{
+                key: settings[key]
+                for key in ("num_samples", "fisher_method", "drop_rate", "drop", "growth")
+                if key in settings
+            },
+        )
+    sharpness = dict(rho=settings.rho, adaptive=settings.adaptive) if settings.name in SHARPNESS_AWARE else {}
+    sparse = dict(sparsity=settings.sparsity, norm=settings.norm) if settings.name in SPARSE else {}
+    return build_optimizer(
+        settings.name,
+        model,
+        lr=settings.lr,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+        nesterov=settings.nesterov,
+        mask_strategy=strategy,
+        **sharpness,
+        **sparse,
+    )
+
+
+def _layer_densities(model: torch.nn.Module, optimizer: SSAM) -> dict[str, float]:
+    names = {id(p): name for name, p in model.named_parameters()}
+    return {names[id(p)]: m.float().mean().item() for p, m in zip(optimizer.params, optimizer.masks)}
+
+
+def _identity(cfg: DictConfig) -> dict[str, Any]:
+    return {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary."""
+    validate_config(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = run_dir / "last.pt"
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+
+    train_set, test_set = _build_data(cfg)
+    model = build_model(
+        cfg.model.name,
+        num_classes=cfg.dataset.num_classes,
+        in_channels=cfg.dataset.in_channels,
+        image_size=cfg.dataset.image_size,
+        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
+    ).to(device)
+    optimizer = _build_optimizer(cfg, model, train_set)
+    loader_generator = torch.Generator().manual_seed(cfg.seed)
+    workers = cfg.trainer.num_workers
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        generator=loader_generator,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
+    test_loader = DataLoader(test_set, batch_size=cfg.trainer.eval_batch_size, num_workers=workers)
+    scheduler_settings = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if k != "name"}
+    # The schedule drives the base optimizer, whose step() is the one that runs (SAM calls it in
+    # second_step); both share their param_groups, so the learning rate is the same object.
+    scheduler = build_scheduler(
+        cfg.scheduler.name,
+        getattr(optimizer, "base_optimizer", optimizer),
+        total_steps=cfg.epochs * len(train_loader),
+        **scheduler_settings,
+    )
+
+    metrics = JsonLines(run_dir / "metrics.jsonl")
+    mask_log = JsonLines(run_dir / "masks.jsonl")
+    progress = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
+    if cfg.resume and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint["identity"] != _identity(cfg):
+            raise ConfigError(
+                f"{run_dir} holds a run with {checkpoint['identity']}, not {_identity(cfg)}: "
+                "use another hydra.run.dir, or resume=false to overwrite it"
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        loader_generator.set_state(checkpoint["loader_generator"])
+        set_rng_state(checkpoint["rng"])
+        progress = checkpoint["progress"]
+        print(f"resuming {run_dir} after epoch {progress['epoch']} of {cfg.epochs}")
+    for log in (metrics, mask_log):
+        log.keep_epochs_before(progress["epoch"])
+
+    sink = None
+    if cfg.logger.name == "wandb":
+        sink = WandbSink(
+            run_dir=run_dir,
+            config=OmegaConf.to_container(cfg, resolve=True),
+            project=cfg.logger.project,
+            mode=cfg.logger.mode,
+            entity=cfg.logger.entity,
+            group=cfg.logger.group,
+            tags=list(cfg.logger.tags),
+        )
+
+    bn_stats = cfg.optimizer.get("bn_stats", "ascent")
+    for epoch in range(progress["epoch"], cfg.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        sparse = isinstance(optimizer, SSAM)
+        if sparse:
+            optimizer.set_epoch(epoch)
+            updates_before, update_time_before = optimizer.mask_updates, optimizer.mask_update_time_s
+        result = train_one_epoch(
+            model,
+            optimizer,
+            scheduler,
+            train_loader,
+            device,
+            bn_stats=bn_stats,
+            description=f"epoch {epoch + 1}/{cfg.epochs}",
+            progress_bar=cfg.trainer.progress_bar,
+        )
+        test_loss, test_acc = evaluate(model, test_loader, device)
+        record = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": result.loss,
+            "train_acc": result.accuracy,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "epoch_time_s": result.time_s,
+            "images_per_s": result.images / result.time_s,
+        }
+        if result.perturbation_norm is not None:
+            record["perturbation_norm"] = result.perturbation_norm
+        if sparse:
+            record["mask_density"] = optimizer.mask_density()
+            record["mask_update_time_s"] = optimizer.mask_update_time_s - update_time_before
+            if optimizer.mask_updates > updates_before:
+                mask_log.append(
+                    {
+                        "epoch": epoch,
+                        "update": optimizer.mask_updates,
+                        "mask_density": record["mask_density"],
+                        "layers": _layer_densities(model, optimizer),
+                    }
+                )
+        metrics.append(record)
+        if sink is not None:
+            sink.log(record, step=epoch)
+        print(
+            f"epoch {epoch + 1}/{cfg.epochs}  train loss {result.loss:.4f} acc {result.accuracy:.2f}  "
+            f"test loss {test_loss:.4f} acc {test_acc:.2f}  {result.time_s:.1f}s"
+        )
+        progress = {
+            "epoch": epoch + 1,
+            "best_test_acc": max(progress["best_test_acc"], test_acc),
+            "train_time_s": progress["train_time_s"] + result.time_s,
+            "step_times_s": progress["step_times_s"] + result.step_times_s,
+            "final_test_acc": test_acc,
+        }
+        save_checkpoint(
+            {
+                "format": CHECKPOINT_FORMAT,
+                "identity": _identity(cfg),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "loader_generator": loader_generator.get_state(),
+                "rng": rng_state(),
+                "progress": progress,
+            },
+            checkpoint_path,
+        )
+
+    summary = {
+        "final_test_acc": progress["final_test_acc"],
+        "best_test_acc": progress["best_test_acc"],
+        "epochs": cfg.epochs,
+        "optimizer": cfg.optimizer.name,
+        "dataset": cfg.dataset.name,
+        "model": cfg.model.name,
+        "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
+        "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
+        "seed": cfg.seed,
+        "train_time_s": progress["train_time_s"],
+        "step_time_s": statistics.median(progress["step_times_s"]),
+        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
+        "torch_version": torch.__version__,
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or "cpu",
+    }
+    if isinstance(optimizer, SSAM):
+        summary["mask_density"] = optimizer.mask_density()
+        summary["mask_update_time_s"] = optimizer.mask_update_time_s
+    write_json(run_dir / "summary.json", summary)
+    if sink is not None:
+        sink.finish(summary)
+    print(format_table(summary))
+    print(f"run directory: {run_dir}")
+    return summary

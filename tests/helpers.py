@@ -1,0 +1,47 @@
+"""Small models and batches shared by the optimizer tests."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def small_conv_net(dtype: torch.dtype = torch.float32, *, seed: int = 0, classes: int = 3) -> nn.Module:
+    """A conv net with BatchNorm, biases and a linear head: every kind of parameter the
+    optimizers meet, small enough for float64 reference loops."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16, classes),
+    )
+    return model.to(dtype)
+
+
+def batches(
+    count: int, *, size: int = 8, dtype: torch.dtype = torch.float32, seed: int = 1, classes: int = 3
+):
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (
+            torch.randn(size, 1, 8, 8, generator=generator, dtype=dtype),
+            torch.randint(0, classes, (size,), generator=generator),
+        )
+        for _ in range(count)
+    ]
+
+
+def parameters_of(model: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def assert_bitwise_equal(left: list[torch.Tensor], right: list[torch.Tensor]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        assert torch.equal(a, b), (a - b).abs().max()

@@ -1,0 +1,189 @@
+"""validate_config rejects each bad setting with a message naming it, and train.py turns that into
+exit code 2 before any data is read."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from ssam.train.validate import ConfigError, validate_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = str(REPO_ROOT / "configs")
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
+
+
+@pytest.fixture(scope="module")
+def fake_fashion_mnist_root(tmp_path_factory) -> Path:
+    """A folder with the four Fashion-MNIST file names (validation only checks they exist).
+    The files hold garbage, so anything that tried to read them would fail loudly."""
+    root = tmp_path_factory.mktemp("fake_fashion_mnist")
+    for name in FASHION_MNIST_FILES:
+        with gzip.open(root / name, "wb") as f:
+            f.write(b"not an IDX file")
+    return root
+
+
+def compose_validation_config(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def _config(root: Path, overrides: list[str]) -> DictConfig:
+    return compose_validation_config([f"dataset.root={root}", *overrides])
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["optimizer=sam"],
+        ["optimizer=ssam_f"],
+        ["optimizer=ssam_d"],
+        ["scheduler=step", "logger=wandb", "device=cpu"],
+        ["rho=0", "sparsity=0", "optimizer=ssam_d", "optimizer.drop_rate=1.0"],
+        ["optimizer=ssam_f", "optimizer.num_samples=100", "dataset.train_size=100"],
+    ],
+    ids=[
+        "defaults",
+        "sam",
+        "ssam_f",
+        "ssam_d",
+        "step-wandb-cpu",
+        "boundaries",
+        "num_samples-equal-train_size",
+    ],
+)
+def test_valid_config_passes(fake_fashion_mnist_root, overrides):
+    assert validate_config(_config(fake_fashion_mnist_root, overrides)) is None
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        (["lr=0"], "lr must be > 0, got 0"),
+        (["lr=-0.1"], "lr must be > 0, got -0.1"),
+        (["rho=-0.01"], "rho must be >= 0, got -0.01"),
+        (["sparsity=1.5"], "sparsity must be in [0, 1), got 1.5"),
+        (["sparsity=1.0"], "sparsity must be in [0, 1), got 1.0"),
+        (["sparsity=-0.1"], "sparsity must be in [0, 1), got -0.1"),
+        (["optimizer=ssam_f", "sparsity=1.0"], "sparsity must be in [0, 1)"),
+        (["optimizer=ssam_f", "optimizer.sparsity=1.5"], "optimizer.sparsity must be in [0, 1), got 1.5"),
+        (["weight_decay=-1"], "weight_decay must be >= 0, got -1"),
+        (["optimizer.momentum=1.0"], "optimizer.momentum must be in [0, 1), got 1.0"),
+        (["epochs=0"], "epochs must be an integer >= 1, got 0"),
+        (["batch_size=0"], "batch_size must be an integer >= 1, got 0"),
+        (["device=tpu"], "device must be one of auto, cpu, cuda, got 'tpu'"),
+        (["optimizer=sam", "optimizer.bn_stats=bogus"], "optimizer.bn_stats must be one of ascent, both"),
+        (["optimizer=ssam_f", "optimizer.num_samples=0"], "optimizer.num_samples must be an integer >= 1"),
+        (["optimizer=ssam_f", "optimizer.update_freq=0"], "optimizer.update_freq must be an integer >= 1"),
+        (
+            ["optimizer=ssam_f", "optimizer.fisher_method=bogus"],
+            "optimizer.fisher_method must be one of auto, loop, vmap, got 'bogus'",
+        ),
+        (["optimizer=ssam_f", "optimizer.norm=bogus"], "optimizer.norm must be one of full, masked"),
+        (["optimizer=ssam_d", "optimizer.norm=bogus"], "optimizer.norm must be one of full, masked"),
+        (["optimizer=ssam_d", "optimizer.drop_rate=1.5"], "optimizer.drop_rate must be in [0, 1], got 1.5"),
+        (
+            ["optimizer=ssam_d", "optimizer.drop=bogus"],
+            "optimizer.drop must be one of gradient, weight, random, got 'bogus'",
+        ),
+        (
+            ["optimizer=ssam_d", "optimizer.growth=bogus"],
+            "optimizer.growth must be one of gradient, weight, random, got 'bogus'",
+        ),
+        (
+            ["optimizer=ssam_f", "optimizer.num_samples=200", "dataset.train_size=100"],
+            "optimizer.num_samples (200) is larger than dataset.train_size (100)",
+        ),
+        (["dataset.train_size=0"], "dataset.train_size must be an integer >= 1"),
+        (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
+        (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
+    ],
+    ids=lambda value: " ".join(value) if isinstance(value, list) else None,
+)
+def test_invalid_setting_is_rejected_with_its_message(fake_fashion_mnist_root, overrides, fragment):
+    cfg = _config(fake_fashion_mnist_root, overrides)
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    assert fragment in str(info.value)
+
+
+def test_negative_optimizer_rho_override_is_rejected(fake_fashion_mnist_root):
+    cfg = _config(fake_fashion_mnist_root, ["optimizer=sam", "optimizer.rho=-0.1"])
+    with pytest.raises(ConfigError, match="rho must be >= 0"):
+        validate_config(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_cuda_is_rejected(fake_fashion_mnist_root):
+    with pytest.raises(ConfigError, match="device=cuda but no CUDA device is available"):
+        validate_config(_config(fake_fashion_mnist_root, ["device=cuda"]))
+
+
+def test_config_error_is_a_value_error():
+    assert issubclass(ConfigError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "name, folder", [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
+def test_missing_cifar_folder_names_the_folder_and_the_download_override(tmp_path, name, folder):
+    cfg = compose_validation_config([f"dataset={name}", f"dataset.root={tmp_path}"])
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert str(tmp_path / folder) in message
+    assert "dataset.download=true" in message
+
+
+def test_missing_cifar_folder_is_accepted_when_download_is_requested(tmp_path):
+    cfg = compose_validation_config(["dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=true"])
+    assert validate_config(cfg) is None
+
+
+def test_missing_fashion_mnist_files_name_the_folder(tmp_path):
+    cfg = compose_validation_config([f"dataset.root={tmp_path}"])
+    with pytest.raises(ConfigError, match="Fashion-MNIST not found") as info:
+        validate_config(cfg)
+    assert str(tmp_path) in str(info.value)
+
+
+def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path, fake_fashion_mnist_root):
+    run_dir = tmp_path / "run"
+    start = time.monotonic()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "lr=-1",
+            f"dataset.root={fake_fashion_mnist_root}",
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2, result.stderr
+    assert "lr must be > 0" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    # Nothing was trained or recorded: the run stopped at validation (the data files are garbage,
+    # so reading them first would have failed with another error).
+    assert not (run_dir / "metrics.jsonl").exists()
+    assert not (run_dir / "last.pt").exists()
+    assert elapsed < 60
