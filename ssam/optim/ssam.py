@@ -126,6 +126,8 @@ class SSAM(SAM):
         state["mask_strategy"] = self.mask_strategy.state_dict()
         state["epoch"] = self.epoch
         state["mask_update_due"] = self._update_due
+        state["mask_updates"] = self.mask_updates
+        state["mask_update_time_s"] = self.mask_update_time_s
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -134,6 +136,8 @@ class SSAM(SAM):
         self.mask_strategy.load_state_dict(state_dict.pop("mask_strategy"))
         self.epoch = state_dict.pop("epoch")
         self._update_due = state_dict.pop("mask_update_due")
+        self.mask_updates = state_dict.pop("mask_updates")
+        self.mask_update_time_s = state_dict.pop("mask_update_time_s")
         super().load_state_dict(state_dict)
         if masks is None:
             self.masks = None

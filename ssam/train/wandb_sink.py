@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,6 @@ def _run_id(run_dir: Path) -> str:
     id_file = run_dir / "wandb_id.txt"
     if id_file.exists():
         return id_file.read_text().strip()
-    import wandb
-
-    run_id = wandb.util.generate_id()
+    run_id = secrets.token_hex(4)
     id_file.write_text(run_id + "\n")
     return run_id
