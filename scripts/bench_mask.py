@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.optim import FisherMask
 
@@ -86,11 +86,9 @@ def main() -> None:
         medians = {method: statistics.median(times) for method, times in timings.items()}
         rows.append({"num_samples": num_samples, "median_s": medians, "runs": timings})
 
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    )
+    name = device_name(device)
     print(
-        f"Fisher mask refresh, {args.model}, {device_name}, torch {torch.__version__}, "
+        f"Fisher mask refresh, {args.model}, {name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats}"
     )
     header = "| num_samples | " + " | ".join(f"{m} (s)" for m in args.methods) + " | "
@@ -107,7 +105,7 @@ def main() -> None:
         record = {
             "benchmark": "fisher_mask_refresh",
             "model": args.model,
-            "device": device_name,
+            "device": name,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "repeats": args.repeats,

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 
 import torch
 from torch.utils.data import TensorDataset
 
+from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.train.loop import training_step
 from ssam.train.optimizers import build_mask_strategy, build_optimizer
@@ -90,11 +90,9 @@ def main() -> None:
             times[label].append(time.perf_counter() - started)
 
     medians = {label: statistics.median(values) for label, values in times.items()}
-    device_name = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    )
+    name = device_name(device)
     print(
-        f"training step, {args.model}, batch {args.batch_size}, {device_name}, torch {torch.__version__}, "
+        f"training step, {args.model}, batch {args.batch_size}, {name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} (after {args.warmup} warm-up)"
     )
     print("| optimizer | step (s) | / SGD | / SAM |" + (" peak MiB |" if peak_mb else ""))
@@ -107,7 +105,7 @@ def main() -> None:
             "benchmark": "training_step",
             "model": args.model,
             "batch_size": args.batch_size,
-            "device": device_name,
+            "device": name,
             "torch": torch.__version__,
             "threads": torch.get_num_threads(),
             "repeats": args.repeats,

@@ -58,20 +58,26 @@ def train(model, optimizer, data, epochs=1):
             training_step(model, optimizer, x, y)
 
 
+def trained_ssam(sparsity, strategy, data):
+    model = small_conv_net()
+    optimizer = SSAM(
+        model.parameters(),
+        torch.optim.SGD,
+        rho=RHO,
+        sparsity=sparsity,
+        mask_strategy=strategies(model)[strategy],
+        **SGD_OPTIONS,
+    )
+    train(model, optimizer, data, epochs=2)
+    return model, optimizer
+
+
 @pytest.mark.parametrize("strategy", ["fisher", "dynamic"])
 def test_sparsity_zero_is_sam_bitwise(strategy):
     data = batches(5)
-    sam_model, ssam_model = small_conv_net(), small_conv_net()
+    sam_model = small_conv_net()
     train(sam_model, SAM(sam_model.parameters(), torch.optim.SGD, rho=RHO, **SGD_OPTIONS), data, epochs=2)
-    ssam = SSAM(
-        ssam_model.parameters(),
-        torch.optim.SGD,
-        rho=RHO,
-        sparsity=0.0,
-        mask_strategy=strategies(ssam_model)[strategy],
-        **SGD_OPTIONS,
-    )
-    train(ssam_model, ssam, data, epochs=2)
+    ssam_model, ssam = trained_ssam(0.0, strategy, data)
     assert ssam.mask_density() == 1.0
     assert_bitwise_equal(parameters_of(ssam_model), parameters_of(sam_model))
 
@@ -79,17 +85,9 @@ def test_sparsity_zero_is_sam_bitwise(strategy):
 @pytest.mark.parametrize("strategy", ["fisher", "dynamic"])
 def test_sparsity_one_is_two_pass_sgd_bitwise(strategy):
     data = batches(5)
-    sgd_model, ssam_model = small_conv_net(), small_conv_net()
+    sgd_model = small_conv_net()
     train(sgd_model, torch.optim.SGD(sgd_model.parameters(), **SGD_OPTIONS), data, epochs=2)
-    ssam = SSAM(
-        ssam_model.parameters(),
-        torch.optim.SGD,
-        rho=RHO,
-        sparsity=1.0,
-        mask_strategy=strategies(ssam_model)[strategy],
-        **SGD_OPTIONS,
-    )
-    train(ssam_model, ssam, data, epochs=2)
+    ssam_model, ssam = trained_ssam(1.0, strategy, data)
     assert ssam.mask_density() == 0.0
     assert_bitwise_equal(parameters_of(ssam_model), parameters_of(sgd_model))
 
@@ -189,7 +187,6 @@ def test_mask_is_refreshed_every_update_freq_epochs():
     refreshed_at = []
     for epoch in range(5):
         updates = optimizer.mask_updates
-        train(model, optimizer, batches(1), epochs=0)
         optimizer.set_epoch(epoch)
         for x, y in batches(2):
             training_step(model, optimizer, x, y)

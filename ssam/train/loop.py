@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -118,7 +117,3 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
     return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")

@@ -6,7 +6,6 @@ arguments.
 
 from __future__ import annotations
 
-import platform
 import resource
 import statistics
 from pathlib import Path
@@ -17,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssam import data
+from ssam.devices import device_name, resolve_device
 from ssam.models import build_model
 from ssam.optim import SSAM
 from ssam.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
@@ -30,12 +30,6 @@ from ssam.train.wandb_sink import WandbSink
 
 # Settings that define a run: resuming a directory under other values would mix two runs.
 IDENTITY_KEYS = ("optimizer.name", "model.name", "dataset.name", "epochs", "seed", "batch_size")
-
-
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -261,9 +255,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
         "torch_version": torch.__version__,
-        "device": torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor() or "cpu",
+        "device": device_name(device),
     }
     if isinstance(optimizer, SSAM):
         summary["mask_density"] = optimizer.mask_density()
