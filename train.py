@@ -6,13 +6,15 @@ python train.py -m optimizer=sam,ssam_f seed=1,2  # a sweep
 """
 
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ssam.train.checkpoint import CheckpointError
-from ssam.train.run import run
+from ssam.train.overrides import unknown_key_message
+from ssam.train.run import TrainingStopped, run
 from ssam.train.validate import ConfigError
 
 
@@ -23,8 +25,15 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except TrainingStopped as error:
+        print(f"stopped: {error}", file=sys.stderr)
+        sys.exit(3)
     return summary["final_test_acc"]
 
 
 if __name__ == "__main__":
+    message = unknown_key_message(sys.argv[1:], Path(__file__).resolve().parent / "configs")
+    if message is not None:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -4,18 +4,27 @@ after a kill, the errors a user can meet, and offline Weights & Biases logging."
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from runs import (
+    REPO,
+    TIMEOUT_S,
+    model_weights,
+    read_json,
+    read_jsonl,
+    run_env,
+    train,
+    train_command,
+    train_ok,
+)
 
 from ssam.data import missing_data_message
 
@@ -23,7 +32,6 @@ MISSING = missing_data_message("fashion_mnist", None)
 if MISSING is not None:
     pytest.skip(f"end-to-end training needs Fashion-MNIST: {MISSING}", allow_module_level=True)
 
-REPO = Path(__file__).resolve().parents[1]
 # Small enough for a few seconds per epoch on a 2-core CPU, large enough to beat chance clearly.
 SMALL = ["dataset.train_size=1024", "dataset.test_size=512", "batch_size=64"]
 # Long enough epochs that a kill after the first epoch's checkpoint lands inside the second.
@@ -59,64 +67,6 @@ SUMMARY_KEYS = {
     "torch_version",
     "device",
 }
-TIMEOUT_S = 300
-
-
-def _env(**changes: str | None) -> dict[str, str]:
-    """The caller's environment with ``changes`` (None removes a variable).
-
-    One intra-op thread: on a 2-core machine shared with other processes (another pytest, a
-    second test worker) two OpenMP threads per run can stall on each other's time slices and
-    make SAM's many small per-parameter ops tens of times slower. Both runs that a test compares
-    get the same setting, so determinism and resume checks are unaffected."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_SILENT="true")
-    for key in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_RESUME"):
-        env.pop(key, None)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    return env
-
-
-def _command(run_dir: Path, overrides: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "train.py",
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-        "trainer.progress_bar=false",
-    ]
-
-
-def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None):
-    return subprocess.run(
-        _command(run_dir, overrides),
-        cwd=REPO,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-    )
-
-
-def train_ok(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None):
-    result = train(run_dir, overrides, env)
-    assert result.returncode == 0, f"train.py failed:\n{result.stdout}\n{result.stderr}"
-    return result
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
 
 
 @pytest.fixture(scope="module")
@@ -187,7 +137,7 @@ def test_run_directory_holds_config_metrics_summary_and_checkpoint(trained, opti
     assert 30 < summary["final_test_acc"] <= 100, summary
 
     checkpoint = torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)
-    assert checkpoint["progress"]["epoch"] == 2
+    assert checkpoint["history"]["epoch"] == 2
     assert "conv1.weight" in checkpoint["model"]
 
     lines = result.stdout.splitlines()
@@ -271,7 +221,7 @@ def _train_and_kill_after_first_epoch(run_dir: Path, overrides: list[str]) -> in
     run_dir.mkdir(parents=True)
     with open(run_dir.parent / f"{run_dir.name}.out", "w") as out:
         process = subprocess.Popen(
-            _command(run_dir, overrides), cwd=REPO, env=_env(), stdout=out, stderr=subprocess.STDOUT
+            train_command(run_dir, overrides), cwd=REPO, env=run_env(), stdout=out, stderr=subprocess.STDOUT
         )
         try:
             deadline = time.monotonic() + TIMEOUT_S
@@ -439,7 +389,7 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_directory(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     run_dir = tmp_path / "run"
-    env = _env(HOME=str(home), XDG_CONFIG_HOME=None, XDG_CACHE_HOME=None)
+    env = run_env(HOME=str(home), XDG_CONFIG_HOME=None, XDG_CACHE_HOME=None)
 
     result = train_ok(run_dir, [*SMALL, "epochs=1", "logger=wandb"], env)
 

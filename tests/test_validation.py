@@ -110,6 +110,8 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
             "optimizer.num_samples (200) is larger than dataset.train_size (100)",
         ),
         (["dataset.train_size=0"], "dataset.train_size must be an integer >= 1"),
+        (["trainer.checkpoint_every_steps=-1"], "trainer.checkpoint_every_steps must be an integer >= 0"),
+        (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of stop, skip, got 'ignore'"),
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
     ],

@@ -110,11 +110,16 @@ class SAM(Optimizer):
         self._perturbed.append(param)
 
     @torch.no_grad()
-    def second_step(self, zero_grad: bool = False) -> None:
-        """Go back to w (a copy, so w is restored bit for bit) and take the base step with g'."""
+    def restore_weights(self) -> None:
+        """Go back from w + ε to w, bit for bit (a copy, not a subtraction)."""
         for p in self._perturbed:
             p.copy_(self._origins[p])
         self._perturbed = []
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Go back to w and take the base optimizer's step with the gradient g' at w + ε."""
+        self.restore_weights()
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()

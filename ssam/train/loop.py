@@ -1,10 +1,12 @@
-"""One training step, one epoch of them, and evaluation."""
+"""One training step, one epoch of them (resumable mid-way), and evaluation."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +16,29 @@ from tqdm import tqdm
 from ssam.optim import SAM, frozen_batchnorm_stats
 
 BN_STATS = ("ascent", "both")
+ON_NONFINITE = ("stop", "skip")
+
+
+class NonFiniteError(RuntimeError):
+    """A pass produced a loss or gradient that is inf or NaN."""
+
+    def __init__(self, pass_name: str) -> None:
+        super().__init__(f"non-finite loss or gradient in the {pass_name} pass")
+        self.pass_name = pass_name
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    correct: torch.Tensor
+    skipped: bool = False
+
+
+def _finite_check(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """A 0-d bool tensor: the loss and the gradient norm are finite (no host sync here)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.to(loss.device))
 
 
 def training_step(
@@ -23,34 +48,73 @@ def training_step(
     targets: torch.Tensor,
     *,
     bn_stats: str = "ascent",
-) -> tuple[torch.Tensor, torch.Tensor]:
+    on_nonfinite: str = "stop",
+) -> StepResult:
     """One optimizer step; returns the loss and the number of correct predictions at w.
 
     For SAM and Sparse SAM: ascent pass at w, climb to w + ε, descent pass there, step.
     ``bn_stats="ascent"`` keeps the descent pass from updating BatchNorm running statistics.
+    A non-finite loss or gradient in either pass leaves the weights as they were and raises
+    NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``).
     """
+    sharpness_aware = isinstance(optimizer, SAM)
     logits = model(inputs)
     loss = F.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if isinstance(optimizer, SAM):
+    checks = [_finite_check(loss, model)]
+    if sharpness_aware:
         optimizer.first_step(zero_grad=True)
         with frozen_batchnorm_stats(model) if bn_stats == "ascent" else nullcontext():
-            F.cross_entropy(model(inputs), targets).backward()
+            descent_loss = F.cross_entropy(model(inputs), targets)
+            descent_loss.backward()
+        checks.append(_finite_check(descent_loss, model))
+    correct = (logits.argmax(dim=1) == targets).sum()
+    finite = torch.stack(checks)
+    if not bool(finite.all()):  # the step's one host synchronisation
+        if sharpness_aware:
+            optimizer.restore_weights()
+        optimizer.zero_grad(set_to_none=True)
+        pass_name = ("ascent" if not finite[0] else "descent") if sharpness_aware else "training"
+        if on_nonfinite == "stop":
+            raise NonFiniteError(pass_name)
+        return StepResult(loss.detach(), correct, skipped=True)
+    if sharpness_aware:
         optimizer.second_step(zero_grad=True)
     else:
         optimizer.step()
-    return loss.detach(), (logits.argmax(dim=1) == targets).sum()
+    return StepResult(loss.detach(), correct)
 
 
 @dataclass
-class EpochResult:
-    loss: float
-    accuracy: float
-    images: int
-    time_s: float
+class EpochProgress:
+    """Running totals of the epoch so far, saved with mid-epoch checkpoints."""
+
+    step: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    images: int = 0
+    skipped_steps: int = 0
+    time_s: float = 0.0
+    perturbation_norm_sum: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
-    perturbation_norm: float | None = None
+    lr_at_start: float = 0.0
+    mask_update_time_at_start: float = 0.0
+
+    def state_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / max(self.images, 1)
+
+    @property
+    def accuracy(self) -> float:
+        return 100.0 * self.correct / max(self.images, 1)
+
+    @property
+    def perturbation_norm(self) -> float:
+        return self.perturbation_norm_sum / max(self.step - self.skipped_steps, 1)
 
 
 def train_one_epoch(
@@ -60,47 +124,53 @@ def train_one_epoch(
     loader: DataLoader,
     device: torch.device,
     *,
+    progress: EpochProgress,
     bn_stats: str,
-    description: str,
+    on_nonfinite: str = "stop",
+    after_step: Callable[[EpochProgress], None] | None = None,
+    description: str = "",
     progress_bar: bool = True,
-) -> EpochResult:
+) -> EpochProgress:
+    """Continue the epoch from ``progress`` (the loader yields the batches not yet done);
+    ``after_step`` sees the totals after every step (e.g. to checkpoint)."""
     model.train()
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    perturbation_norm_sum = torch.zeros((), device=device)
-    images = 0
-    step_times = []
-    started = time.perf_counter()
-    bar = tqdm(loader, desc=description, leave=False, disable=not progress_bar, dynamic_ncols=True)
-    for step, (inputs, targets) in enumerate(bar):
-        step_started = time.perf_counter()
+    bar = tqdm(
+        loader,
+        desc=description,
+        leave=False,
+        disable=not progress_bar,
+        dynamic_ncols=True,
+        initial=progress.step,
+        total=progress.step + len(loader),
+    )
+    for inputs, targets in bar:
+        started = time.perf_counter()
         inputs = inputs.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
-        loss, batch_correct = training_step(model, optimizer, inputs, targets, bn_stats=bn_stats)
+        result = training_step(
+            model, optimizer, inputs, targets, bn_stats=bn_stats, on_nonfinite=on_nonfinite
+        )
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        step_times.append(time.perf_counter() - step_started)
-        loss_sum += loss * len(targets)
-        correct += batch_correct
-        images += len(targets)
-        if isinstance(optimizer, SAM):
-            perturbation_norm_sum += optimizer.last_perturbation_norm.to(device)
-        if step % 20 == 0:
-            bar.set_postfix(
-                loss=f"{loss_sum.item() / images:.4f}", acc=f"{100 * correct.item() / images:.2f}"
-            )
+        elapsed = time.perf_counter() - started
+        progress.step += 1
+        progress.time_s += elapsed
+        progress.step_times_s.append(elapsed)
+        if result.skipped:
+            progress.skipped_steps += 1
+        else:
+            progress.loss_sum += result.loss.item() * len(targets)
+            progress.correct += int(result.correct)
+            progress.images += len(targets)
+            if isinstance(optimizer, SAM):
+                progress.perturbation_norm_sum += optimizer.last_perturbation_norm.item()
+        if progress.step % 20 == 0:
+            bar.set_postfix(loss=f"{progress.loss:.4f}", acc=f"{progress.accuracy:.2f}")
+        if after_step is not None:
+            after_step(progress)
     bar.close()
-    return EpochResult(
-        loss=loss_sum.item() / max(images, 1),
-        accuracy=100.0 * correct.item() / max(images, 1),
-        images=images,
-        time_s=time.perf_counter() - started,
-        step_times_s=step_times,
-        perturbation_norm=perturbation_norm_sum.item() / max(len(step_times), 1)
-        if isinstance(optimizer, SAM)
-        else None,
-    )
+    return progress
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ class JsonLines:
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def keep_epochs_before(self, epoch: int) -> None:
-        """Drop records of epochs >= ``epoch``: a resumed run writes them again."""
+    def keep(self, wanted: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the records a resumed run is about to write again."""
         if self.path.exists():
-            kept = [r for r in self.read() if r["epoch"] < epoch]
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            kept = [record for record in self.read() if wanted(record)]
+            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> None:

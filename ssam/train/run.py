@@ -6,6 +6,7 @@ arguments.
 
 from __future__ import annotations
 
+import math
 import resource
 import statistics
 from pathlib import Path
@@ -16,11 +17,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssam import data
+from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.models import build_model
-from ssam.optim import SSAM
+from ssam.optim import SAM, SSAM
 from ssam.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
-from ssam.train.loop import evaluate, train_one_epoch
+from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
 from ssam.train.metrics import JsonLines, format_table, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
@@ -98,6 +100,20 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
 
 
+class TrainingStopped(RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint that cannot be written)."""
+
+
+def _checkpoint(path: Path, state: dict[str, Any]) -> None:
+    try:
+        save_checkpoint(state, path)
+    except OSError as error:
+        raise TrainingStopped(
+            f"cannot write checkpoint {path}: {error}. The previous checkpoint is kept; "
+            "free disk space and run the same command again to resume"
+        ) from error
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary."""
     validate_config(cfg)
@@ -108,6 +124,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
 
     train_set, test_set = _build_data(cfg)
+    # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
+    train_set = PerSampleSeeded(train_set, cfg.seed)
+    sampler = EpochShuffle(len(train_set), cfg.seed)
     model = build_model(
         cfg.model.name,
         num_classes=cfg.dataset.num_classes,
@@ -116,31 +135,33 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     ).to(device)
     optimizer = _build_optimizer(cfg, model, train_set)
-    loader_generator = torch.Generator().manual_seed(cfg.seed)
     workers = cfg.trainer.num_workers
     train_loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
-        shuffle=True,
-        generator=loader_generator,
+        sampler=sampler,
+        # Its own generator, so that starting an epoch's workers leaves the global RNG alone.
+        generator=torch.Generator().manual_seed(cfg.seed),
         num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
     )
     test_loader = DataLoader(test_set, batch_size=cfg.trainer.eval_batch_size, num_workers=workers)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler_settings = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if k != "name"}
     # The schedule drives the base optimizer, whose step() is the one that runs (SAM calls it in
     # second_step); both share their param_groups, so the learning rate is the same object.
     scheduler = build_scheduler(
         cfg.scheduler.name,
         getattr(optimizer, "base_optimizer", optimizer),
-        total_steps=cfg.epochs * len(train_loader),
+        total_steps=cfg.epochs * steps_per_epoch,
         **scheduler_settings,
     )
 
     metrics = JsonLines(run_dir / "metrics.jsonl")
     mask_log = JsonLines(run_dir / "masks.jsonl")
-    progress = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
+    sparse = isinstance(optimizer, SSAM)
+    history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
+    epoch_progress = None
     if cfg.resume and checkpoint_path.exists():
         checkpoint = load_checkpoint(checkpoint_path)
         if checkpoint["identity"] != _identity(cfg):
@@ -151,12 +172,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        loader_generator.set_state(checkpoint["loader_generator"])
         set_rng_state(checkpoint["rng"])
-        progress = checkpoint["progress"]
-        print(f"resuming {run_dir} after epoch {progress['epoch']} of {cfg.epochs}")
-    for log in (metrics, mask_log):
-        log.keep_epochs_before(progress["epoch"])
+        history = checkpoint["history"]
+        if checkpoint["epoch_progress"] is not None:
+            epoch_progress = EpochProgress(**checkpoint["epoch_progress"])
+        done = (
+            f"step {epoch_progress.step} of epoch {history['epoch'] + 1}"
+            if epoch_progress
+            else (f"epoch {history['epoch']}")
+        )
+        print(f"resuming {run_dir} after {done} of {cfg.epochs}")
+    metrics.keep(lambda record: record["epoch"] < history["epoch"])
+    mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
     sink = None
     if cfg.logger.name == "wandb":
@@ -170,48 +197,89 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             tags=list(cfg.logger.tags),
         )
 
+    def state(epoch_progress: EpochProgress | None) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "identity": _identity(cfg),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng_state(),
+            "history": history,
+            "epoch_progress": None if epoch_progress is None else epoch_progress.state_dict(),
+        }
+
+    every_steps = cfg.trainer.checkpoint_every_steps
+    logged_mask_updates = optimizer.mask_updates if sparse else 0
+
+    def after_step(progress: EpochProgress) -> None:
+        nonlocal logged_mask_updates
+        if sparse and optimizer.mask_updates > logged_mask_updates:
+            logged_mask_updates = optimizer.mask_updates
+            mask_log.append(
+                {
+                    "epoch": history["epoch"],
+                    "update": optimizer.mask_updates,
+                    "mask_density": optimizer.mask_density(),
+                    "layers": _layer_densities(model, optimizer),
+                }
+            )
+        if every_steps and progress.step % every_steps == 0 and progress.step < steps_per_epoch:
+            _checkpoint(checkpoint_path, state(progress))
+
     bn_stats = cfg.optimizer.get("bn_stats", "ascent")
-    for epoch in range(progress["epoch"], cfg.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        sparse = isinstance(optimizer, SSAM)
-        if sparse:
-            optimizer.set_epoch(epoch)
-            updates_before, update_time_before = optimizer.mask_updates, optimizer.mask_update_time_s
-        result = train_one_epoch(
-            model,
-            optimizer,
-            scheduler,
-            train_loader,
-            device,
-            bn_stats=bn_stats,
-            description=f"epoch {epoch + 1}/{cfg.epochs}",
-            progress_bar=cfg.trainer.progress_bar,
-        )
+    for epoch in range(history["epoch"], cfg.epochs):
+        if epoch_progress is None:
+            epoch_progress = EpochProgress(
+                mask_update_time_at_start=optimizer.mask_update_time_s if sparse else 0.0
+            )
+            if sparse:
+                optimizer.set_epoch(epoch)
+        if epoch_progress.step == 0:
+            epoch_progress.lr_at_start = optimizer.param_groups[0]["lr"]
+        train_set.set_epoch(epoch)
+        sampler.set_epoch(epoch, start=epoch_progress.step * cfg.batch_size)
+        try:
+            result = train_one_epoch(
+                model,
+                optimizer,
+                scheduler,
+                train_loader,
+                device,
+                progress=epoch_progress,
+                bn_stats=bn_stats,
+                on_nonfinite=cfg.trainer.on_nonfinite,
+                after_step=after_step,
+                description=f"epoch {epoch + 1}/{cfg.epochs}",
+                progress_bar=cfg.trainer.progress_bar,
+            )
+        except NonFiniteError as error:
+            kept = (
+                f"The last good checkpoint, {checkpoint_path}, is kept"
+                if checkpoint_path.exists()
+                else "No checkpoint had been written yet"
+            )
+            raise TrainingStopped(
+                f"{error} at epoch {epoch + 1}, step {epoch_progress.step + 1}. {kept}. "
+                "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
+            ) from error
         test_loss, test_acc = evaluate(model, test_loader, device)
         record = {
             "epoch": epoch,
-            "lr": lr,
+            "lr": result.lr_at_start,
             "train_loss": result.loss,
             "train_acc": result.accuracy,
             "test_loss": test_loss,
             "test_acc": test_acc,
             "epoch_time_s": result.time_s,
             "images_per_s": result.images / result.time_s,
+            "skipped_steps": result.skipped_steps,
         }
-        if result.perturbation_norm is not None:
+        if isinstance(optimizer, SAM):
             record["perturbation_norm"] = result.perturbation_norm
         if sparse:
             record["mask_density"] = optimizer.mask_density()
-            record["mask_update_time_s"] = optimizer.mask_update_time_s - update_time_before
-            if optimizer.mask_updates > updates_before:
-                mask_log.append(
-                    {
-                        "epoch": epoch,
-                        "update": optimizer.mask_updates,
-                        "mask_density": record["mask_density"],
-                        "layers": _layer_densities(model, optimizer),
-                    }
-                )
+            record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
         metrics.append(record)
         if sink is not None:
             sink.log(record, step=epoch)
@@ -219,30 +287,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             f"epoch {epoch + 1}/{cfg.epochs}  train loss {result.loss:.4f} acc {result.accuracy:.2f}  "
             f"test loss {test_loss:.4f} acc {test_acc:.2f}  {result.time_s:.1f}s"
         )
-        progress = {
+        history = {
             "epoch": epoch + 1,
-            "best_test_acc": max(progress["best_test_acc"], test_acc),
-            "train_time_s": progress["train_time_s"] + result.time_s,
-            "step_times_s": progress["step_times_s"] + result.step_times_s,
+            "best_test_acc": max(history["best_test_acc"], test_acc),
+            "train_time_s": history["train_time_s"] + result.time_s,
+            "step_times_s": history["step_times_s"] + result.step_times_s,
             "final_test_acc": test_acc,
         }
-        save_checkpoint(
-            {
-                "format": CHECKPOINT_FORMAT,
-                "identity": _identity(cfg),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "loader_generator": loader_generator.get_state(),
-                "rng": rng_state(),
-                "progress": progress,
-            },
-            checkpoint_path,
-        )
+        epoch_progress = None
+        _checkpoint(checkpoint_path, state(None))
 
     summary = {
-        "final_test_acc": progress["final_test_acc"],
-        "best_test_acc": progress["best_test_acc"],
+        "final_test_acc": history["final_test_acc"],
+        "best_test_acc": history["best_test_acc"],
         "epochs": cfg.epochs,
         "optimizer": cfg.optimizer.name,
         "dataset": cfg.dataset.name,
@@ -250,14 +307,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
         "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
         "seed": cfg.seed,
-        "train_time_s": progress["train_time_s"],
-        "step_time_s": statistics.median(progress["step_times_s"]),
+        "train_time_s": history["train_time_s"],
+        "step_time_s": statistics.median(history["step_times_s"]),
         "peak_memory_mb": peak_memory_mb(device),
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
         "torch_version": torch.__version__,
         "device": device_name(device),
     }
-    if isinstance(optimizer, SSAM):
+    if sparse:
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
     write_json(run_dir / "summary.json", summary)

@@ -13,7 +13,7 @@ from ssam.models import MODELS
 from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
-from ssam.train.loop import BN_STATS
+from ssam.train.loop import BN_STATS, ON_NONFINITE
 from ssam.train.optimizers import OPTIMIZERS, SHARPNESS_AWARE, SPARSE
 from ssam.train.schedulers import SCHEDULERS
 from ssam.train.wandb_sink import WANDB_MODES
@@ -81,6 +81,10 @@ def validate_config(cfg: DictConfig) -> None:
     _positive_int("trainer.eval_batch_size", cfg.trainer.eval_batch_size)
     if not (_is_int(cfg.trainer.num_workers) and cfg.trainer.num_workers >= 0):
         raise ConfigError(f"trainer.num_workers must be an integer >= 0, got {cfg.trainer.num_workers!r}")
+    every_steps = cfg.trainer.checkpoint_every_steps
+    if not (_is_int(every_steps) and every_steps >= 0):
+        raise ConfigError(f"trainer.checkpoint_every_steps must be an integer >= 0, got {every_steps!r}")
+    _one_of("trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
     if cfg.scheduler.name == "step":

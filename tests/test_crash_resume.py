@@ -1,0 +1,180 @@
+"""Never lose a run: SIGKILL at random steps then resume gives bit-identical results; a full disk
+keeps the last good checkpoint; non-finite losses stop (or skip) with a clear message; unknown
+settings are named with a suggestion."""
+
+from __future__ import annotations
+
+import errno
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from runs import REPO, TIMEOUT_S, read_json, read_jsonl, run_env, train, train_command, train_ok
+
+import ssam.train.checkpoint as checkpoint_module
+from ssam.data import missing_data_message
+from ssam.train.checkpoint import load_checkpoint, save_checkpoint
+from ssam.train.run import TrainingStopped, run
+
+if missing_data_message("fashion_mnist", None) is not None:
+    pytest.skip("needs Fashion-MNIST", allow_module_level=True)
+
+# 8 steps per epoch, 2 epochs, a checkpoint after every step.
+TINY = [
+    "dataset.train_size=512",
+    "dataset.test_size=256",
+    "batch_size=64",
+    "epochs=2",
+    "trainer.checkpoint_every_steps=1",
+]
+OPTIMIZERS = {
+    "sgd": ["optimizer=sgd"],
+    "sam": ["optimizer=sam"],
+    "ssam_f": ["optimizer=ssam_f", "optimizer.num_samples=8"],
+    "ssam_d": ["optimizer=ssam_d"],
+}
+TIMING_KEYS = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
+
+
+def kill_after_checkpoints(run_dir: Path, overrides: list[str], writes: int) -> None:
+    """Run train.py and SIGKILL it once last.pt has been (re)written ``writes`` times."""
+    checkpoint = run_dir / "last.pt"
+    run_dir.mkdir(parents=True)
+    process = subprocess.Popen(
+        train_command(run_dir, overrides),
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen, last_stamp = 0, None
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while process.poll() is None and time.monotonic() < deadline and seen < writes:
+            if checkpoint.exists():
+                stamp = checkpoint.stat().st_mtime_ns
+                if stamp != last_stamp:
+                    seen, last_stamp = seen + 1, stamp
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+
+
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_sigkill_at_a_random_step_then_resume_is_bit_identical(optimizer, tmp_path):
+    overrides = [*TINY, *OPTIMIZERS[optimizer]]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train_ok(straight, overrides)
+    writes = random.Random(f"kill-{optimizer}").randint(1, 14)
+    kill_after_checkpoints(interrupted, overrides, writes)
+    assert not (interrupted / "summary.json").exists(), "the kill must land before the run ends"
+    resumed = train_ok(interrupted, overrides)
+    assert "resuming" in resumed.stdout
+
+    expected = torch.load(straight / "last.pt", weights_only=True)
+    actual = torch.load(interrupted / "last.pt", weights_only=True)
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    if optimizer != "sgd":
+        for mine, theirs in zip(
+            actual["optimizer"]["base_optimizer"]["state"].values(),
+            expected["optimizer"]["base_optimizer"]["state"].values(),
+        ):
+            assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    if optimizer.startswith("ssam"):
+        for mine, theirs in zip(actual["optimizer"]["masks"], expected["optimizer"]["masks"]):
+            assert torch.equal(mine, theirs)
+    assert comparable(read_jsonl(interrupted / "metrics.jsonl")) == comparable(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    assert (
+        read_json(interrupted / "summary.json")["final_test_acc"]
+        == read_json(straight / "summary.json")["final_test_acc"]
+    )
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"format": checkpoint_module.CHECKPOINT_FORMAT, "epoch": 1}, path)
+
+    def disk_full(state, f):
+        f.write(b"partial bytes")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint({"format": checkpoint_module.CHECKPOINT_FORMAT, "epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_training_stops_with_a_clear_message_when_the_disk_is_full(tmp_path, monkeypatch):
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "dataset.train_size=256",
+                "dataset.test_size=128",
+                "epochs=2",
+                "trainer.progress_bar=false",
+            ],
+        )
+    writes = []
+    real_save = checkpoint_module.torch.save
+
+    def full_after_first(state, f):
+        if writes:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        writes.append(1)
+        real_save(state, f)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", full_after_first)
+    with pytest.raises(
+        TrainingStopped, match="cannot write checkpoint .*last.pt.*The previous checkpoint is kept"
+    ):
+        run(cfg, tmp_path)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "last.pt")["history"]["epoch"] == 1
+
+
+@pytest.mark.parametrize(("optimizer", "pass_name"), [("sgd", "training"), ("sam", "ascent")])
+def test_non_finite_loss_stops_naming_epoch_step_and_pass(optimizer, pass_name, tmp_path):
+    result = train(tmp_path / "run", ["lr=1e30", f"optimizer={optimizer}", *TINY])
+    assert result.returncode == 3
+    assert f"non-finite loss or gradient in the {pass_name} pass at epoch 1, step " in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_non_finite_steps_can_be_skipped(tmp_path):
+    run_dir = tmp_path / "run"
+    train_ok(run_dir, ["lr=1e30", "optimizer=sam", "trainer.on_nonfinite=skip", *TINY])
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert len(rows) == 2 and all(row["skipped_steps"] > 0 for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("sparsty=0.5", "unknown setting 'sparsty'; did you mean 'sparsity'?"),
+        (
+            "optimizer.num_sample=4",
+            "unknown setting 'optimizer.num_sample'; did you mean 'optimizer.num_samples'",
+        ),
+    ],
+)
+def test_unknown_setting_is_named_with_the_closest_valid_one(override, message, tmp_path):
+    extra = ["optimizer=ssam_f"] if override.startswith("optimizer.") else []
+    result = train(tmp_path / "run", [*extra, override])
+    assert result.returncode == 2
+    assert message in result.stderr
