@@ -178,3 +178,17 @@ def test_unknown_setting_is_named_with_the_closest_valid_one(override, message, 
     result = train(tmp_path / "run", [*extra, override])
     assert result.returncode == 2
     assert message in result.stderr
+
+
+def test_resume_with_a_different_number_of_loader_workers_is_bit_identical(tmp_path):
+    """Order and augmentation come from (seed, epoch, position), not from worker processes."""
+    overrides = [*TINY, "optimizer=sam"]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train_ok(straight, [*overrides, "trainer.num_workers=0"])
+    kill_after_checkpoints(interrupted, [*overrides, "trainer.num_workers=2"], writes=5)
+    assert not (interrupted / "summary.json").exists()
+    train_ok(interrupted, [*overrides, "trainer.num_workers=1"])
+    expected = torch.load(straight / "last.pt", weights_only=True)["model"]
+    actual = torch.load(interrupted / "last.pt", weights_only=True)["model"]
+    for name, tensor in expected.items():
+        assert torch.equal(actual[name], tensor), name
