@@ -12,7 +12,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ssam.train.checkpoint import CheckpointError
+import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
 from ssam.train.overrides import unknown_key_message
 from ssam.train.run import TrainingStopped, run
 from ssam.train.validate import ConfigError
@@ -25,6 +26,9 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, CheckpointError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunDirectoryBusy as error:
+        print(f"skipped: {error}", file=sys.stderr)
+        return float("nan")
     except TrainingStopped as error:
         print(f"stopped: {error}", file=sys.stderr)
         sys.exit(3)

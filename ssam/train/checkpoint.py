@@ -7,8 +7,11 @@ to disk, then renamed over the old one, so a crash leaves either the old or the 
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +54,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "format" not in state or state["format"] != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not an ssam checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return state
+
+
+class RunDirectoryBusy(RuntimeError):
+    """Another process is training in this run directory."""
+
+
+@contextmanager
+def exclusive_run_directory(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``run_dir`` for the whole run, so that two jobs of a sweep that
+    share it (sgd at two sparsities, a requeued job next to a stale one) never write it at once."""
+    with open(run_dir / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirectoryBusy(f"another process is training in {run_dir}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

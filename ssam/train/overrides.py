@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger")
+GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger", "experiment")
 
 
 def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -21,10 +21,16 @@ from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.models import build_model
 from ssam.optim import SAM, SSAM
-from ssam.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
+from ssam.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    exclusive_run_directory,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
 from ssam.train.metrics import JsonLines, format_table, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
+from ssam.train.resolvers import IGNORE_SPARSITY
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
 from ssam.train.schedulers import build_scheduler
 from ssam.train.validate import ConfigError, validate_config
@@ -96,6 +102,22 @@ def _layer_densities(model: torch.nn.Module, optimizer: SSAM) -> dict[str, float
     return {names[id(p)]: m.float().mean().item() for p, m in zip(optimizer.params, optimizer.masks)}
 
 
+def _setting_tags(cfg: DictConfig) -> list[str]:
+    tags = [cfg.optimizer.name, cfg.dataset.name, cfg.model.name]
+    if cfg.optimizer.name in SPARSE:
+        tags.append(f"sparsity={cfg.optimizer.sparsity}")
+    return tags
+
+
+def _setting_name(cfg: DictConfig) -> str:
+    """The setting without the seed, e.g. ``fmnist_cpu/ssam_f/sparsity=0.5``: the wandb group
+    that gathers a sweep's seeds, as a table row does."""
+    parts = [cfg.experiment_name, cfg.dataset.name, cfg.model.name, cfg.optimizer.name]
+    if cfg.optimizer.name in SPARSE:
+        parts.append(f"sparsity={cfg.optimizer.sparsity}")
+    return "/".join(parts)
+
+
 def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
 
@@ -119,6 +141,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     validate_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    with exclusive_run_directory(run_dir):
+        return _train(cfg, run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     checkpoint_path = run_dir / "last.pt"
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -181,7 +208,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             if epoch_progress
             else (f"epoch {history['epoch']}")
         )
-        print(f"resuming {run_dir} after {done} of {cfg.epochs}")
+        if history["epoch"] >= cfg.epochs:
+            shared = (
+                f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity "
+                "share this run)"
+                if cfg.optimizer.name in IGNORE_SPARSITY
+                else ""
+            )
+            print(f"{run_dir} is already finished; not training again{shared}")
+        else:
+            print(f"resuming {run_dir} after {done} of {cfg.epochs}")
     metrics.keep(lambda record: record["epoch"] < history["epoch"])
     mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
@@ -193,8 +229,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             project=cfg.logger.project,
             mode=cfg.logger.mode,
             entity=cfg.logger.entity,
-            group=cfg.logger.group,
-            tags=list(cfg.logger.tags),
+            group=cfg.logger.group or _setting_name(cfg),
+            tags=[*cfg.logger.tags, *_setting_tags(cfg)],
         )
 
     def state(epoch_progress: EpochProgress | None) -> dict[str, Any]:
