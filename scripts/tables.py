@@ -1,74 +1,162 @@
-"""Tabulate finished runs from their summary.json files: mean ± std over seeds.
+"""The paper-style tables, generated from finished runs' summary.json files.
 
-    python scripts/tables.py outputs/multirun/2026-11-28_10-00-00 [--markdown FILE]
+    python scripts/tables.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_table.md --csv docs/fmnist.csv
 
-One row per (dataset, model, optimizer, sparsity): final and best test accuracy (mean ± sample
-std over the runs found, with their count), the median step time and the training time per
-epoch. Run directories without a summary.json are listed as unfinished, not dropped silently.
+Rows are dataset / model; columns SGD, SAM, then SSAM-F and SSAM-D at each sparsity found.
+Cells are the mean ± sample std over seeds, with the number of seeds. Three tables: final test
+accuracy, best test accuracy over epochs, and training time per epoch relative to SGD. A
+run directory without summary.json (crashed or still running) is listed, never silently
+dropped, and a cell with fewer seeds than its row's best-covered cell is flagged.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+METHOD_ORDER = {"sgd": 0, "sam": 1, "ssam_f": 2, "ssam_d": 3}
+LABELS = {"sgd": "SGD", "sam": "SAM", "ssam_f": "SSAM-F", "ssam_d": "SSAM-D"}
 
 
-def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    unfinished = []
+def collect(root: Path) -> tuple[list[dict], list[Path]]:
+    """Summaries of finished runs under ``root``, and the run directories that have none."""
+    summaries, unfinished = [], []
     for config in sorted(root.rglob(".hydra/config.yaml")):
         run_dir = config.parent.parent
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
+        summary = run_dir / "summary.json"
+        if summary.exists():
+            summaries.append(json.loads(summary.read_text()))
+        else:
             unfinished.append(run_dir)
-            continue
-        summary = json.loads(summary_path.read_text())
-        key = (summary["dataset"], summary["model"], summary["optimizer"], summary["sparsity"])
-        groups[key].append(summary)
-    return groups, unfinished
+    return summaries, unfinished
 
 
-def table(groups: dict[tuple, list[dict]]) -> str:
-    lines = [
-        "| dataset | model | optimizer | sparsity | runs | final test acc (%) | best test acc (%) "
-        "| step time (s) | train time / epoch (s) |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for (dataset, model, optimizer, sparsity), runs in sorted(groups.items(), key=lambda item: str(item[0])):
-        final = [run["final_test_acc"] for run in runs]
-        best = [run["best_test_acc"] for run in runs]
-        step = statistics.median(run["step_time_s"] for run in runs)
-        per_epoch = statistics.median(run["train_time_s"] / run["epochs"] for run in runs)
-        lines.append(
-            f"| {dataset} | {model} | {optimizer} | {'-' if sparsity is None else sparsity} | {len(runs)} "
-            f"| {mean_std(final)} | {mean_std(best)} | {step:.3f} | {per_epoch:.1f} |"
-        )
-    return "\n".join(lines)
+def column(summary: dict) -> tuple[str, float | None]:
+    return summary["optimizer"], summary["sparsity"]
+
+
+def column_label(key: tuple[str, float | None]) -> str:
+    optimizer, sparsity = key
+    return LABELS.get(optimizer, optimizer) + ("" if sparsity is None else f" s={sparsity:g}")
+
+
+def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]:
+    """{(dataset, model): {(optimizer, sparsity): statistics of its runs}}."""
+    grouped: dict[tuple[str, str], dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for summary in summaries:
+        grouped[(summary["dataset"], summary["model"])][column(summary)].append(summary)
+    table = {}
+    for row, cells in grouped.items():
+        table[row] = {}
+        for key, runs in cells.items():
+            per_epoch = [run["train_time_s"] / run["epochs"] for run in runs]
+            table[row][key] = {
+                "runs": len(runs),
+                "final": [run["final_test_acc"] for run in runs],
+                "best": [run["best_test_acc"] for run in runs],
+                "time_per_epoch_s": statistics.median(per_epoch),
+            }
+        sgd = table[row].get(("sgd", None))
+        for stats in table[row].values():
+            stats["time_vs_sgd"] = stats["time_per_epoch_s"] / sgd["time_per_epoch_s"] if sgd else None
+    return table
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _columns(table) -> list[tuple]:
+    keys = {key for cells in table.values() for key in cells}
+    return sorted(keys, key=lambda k: (METHOD_ORDER.get(k[0], 9), -1 if k[1] is None else k[1]))
+
+
+def markdown(table, unfinished: list[Path]) -> str:
+    columns = _columns(table)
+    sections = []
+    for title, render in (
+        ("Final test accuracy (%)", lambda s: "{:.2f} ± {:.2f}".format(*mean_std(s["final"]))),
+        ("Best test accuracy over epochs (%)", lambda s: "{:.2f} ± {:.2f}".format(*mean_std(s["best"]))),
+        (
+            "Training time per epoch, relative to SGD (median over runs)",
+            lambda s: "-" if s["time_vs_sgd"] is None else f"{s['time_vs_sgd']:.2f}×",
+        ),
+    ):
+        lines = [
+            f"**{title}**",
+            "",
+            "| dataset / model | " + " | ".join(column_label(c) for c in columns) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
+        for (dataset, model), cells in sorted(table.items()):
+            most = max(stats["runs"] for stats in cells.values())
+            row = []
+            for key in columns:
+                stats = cells.get(key)
+                if stats is None:
+                    row.append("missing")
+                    continue
+                flag = "" if stats["runs"] == most else " ⚠"
+                row.append(f"{render(stats)} (n={stats['runs']}){flag}")
+            lines.append(f"| {dataset} / {model} | " + " | ".join(row) + " |")
+        sections.append("\n".join(lines))
+    text = "\n\n".join(sections)
+    text += "\n\n⚠ fewer seeds than the row's other cells; n = number of seeds (runs)."
+    if unfinished:
+        text += "\n\nUnfinished or crashed runs (no summary.json): " + ", ".join(str(p) for p in unfinished)
+    return text
+
+
+def write_csv(table, path: Path) -> None:
+    fields = [
+        "dataset", "model", "optimizer", "sparsity", "runs", "final_mean", "final_std",
+        "best_mean", "best_std", "time_per_epoch_s", "time_vs_sgd",
+    ]  # fmt: skip
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for (dataset, model), cells in sorted(table.items()):
+            for key in _columns({(dataset, model): cells}):
+                stats = cells[key]
+                final_mean, final_std = mean_std(stats["final"])
+                best_mean, best_std = mean_std(stats["best"])
+                writer.writerow(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "optimizer": key[0],
+                        "sparsity": "" if key[1] is None else key[1],
+                        "runs": stats["runs"],
+                        "final_mean": round(final_mean, 4),
+                        "final_std": round(final_std, 4),
+                        "best_mean": round(best_mean, 4),
+                        "best_std": round(best_std, 4),
+                        "time_per_epoch_s": round(stats["time_per_epoch_s"], 4),
+                        "time_vs_sgd": "" if stats["time_vs_sgd"] is None else round(stats["time_vs_sgd"], 4),
+                    }
+                )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("root", type=Path, help="a run or sweep directory")
-    parser.add_argument("--markdown", type=Path, help="also write the table to this file")
+    parser.add_argument("root", type=Path, help="a sweep (or any) directory holding run directories")
+    parser.add_argument("--markdown", type=Path, help="also write the Markdown tables here")
+    parser.add_argument("--csv", type=Path, help="also write one CSV row per cell here")
     args = parser.parse_args()
-    groups, unfinished = collect(args.root)
-    text = table(groups)
-    if unfinished:
-        text += "\n\nUnfinished runs (no summary.json): " + ", ".join(str(p) for p in unfinished)
+    summaries, unfinished = collect(args.root)
+    table = aggregate(summaries)
+    text = markdown(table, unfinished)
     print(text)
     if args.markdown:
         args.markdown.write_text(text + "\n")
+    if args.csv:
+        write_csv(table, args.csv)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""scripts/tables.py: mean ± std over seeds from summary.json files, unfinished runs reported."""
+"""scripts/tables.py and scripts/plots.py on summary.json files the test writes, a crashed run
+among them."""
 
+import csv
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -15,7 +19,7 @@ def write_run(folder: Path, summary: dict | None) -> None:
         (folder / "summary.json").write_text(json.dumps(summary))
 
 
-def summary(optimizer, sparsity, seed, final, best):
+def summary(optimizer, sparsity, seed, final, best, train_time_s):
     return {
         "dataset": "fashion_mnist",
         "model": "compact_resnet",
@@ -25,29 +29,56 @@ def summary(optimizer, sparsity, seed, final, best):
         "final_test_acc": final,
         "best_test_acc": best,
         "step_time_s": 0.1,
-        "train_time_s": 20.0,
+        "train_time_s": train_time_s,
         "epochs": 2,
     }
 
 
-def test_table_reports_mean_std_over_seeds_and_lists_unfinished_runs(tmp_path):
-    write_run(tmp_path / "a", summary("sam", None, 0, 90.0, 91.0))
-    write_run(tmp_path / "b", summary("sam", None, 1, 92.0, 93.0))
-    write_run(tmp_path / "c", summary("ssam_f", 0.5, 0, 91.5, 91.5))
+@pytest.fixture
+def sweep(tmp_path):
+    write_run(tmp_path / "sgd0", summary("sgd", None, 0, 88.0, 88.5, 10.0))
+    write_run(tmp_path / "sgd1", summary("sgd", None, 1, 90.0, 90.5, 10.0))
+    write_run(tmp_path / "sam0", summary("sam", None, 0, 90.0, 91.0, 20.0))
+    write_run(tmp_path / "sam1", summary("sam", None, 1, 92.0, 93.0, 20.0))
+    write_run(tmp_path / "f0", summary("ssam_f", 0.5, 0, 91.5, 91.5, 21.0))
+    write_run(tmp_path / "f1", summary("ssam_f", 0.5, 1, 91.0, 91.5, 21.0))
+    write_run(tmp_path / "d0", summary("ssam_d", 0.9, 0, 89.0, 89.0, 20.0))
     write_run(tmp_path / "crashed", None)
-    output = tmp_path / "table.md"
-    result = subprocess.run(
-        [sys.executable, "scripts/tables.py", str(tmp_path), "--markdown", str(output)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    return tmp_path
+
+
+def run_script(*arguments):
+    return subprocess.run([sys.executable, *arguments], cwd=ROOT, capture_output=True, text=True, check=True)
+
+
+def test_table_has_a_column_per_method_and_sparsity_with_mean_std_and_seed_count(sweep, tmp_path):
+    markdown, table_csv = tmp_path / "table.md", tmp_path / "table.csv"
+    result = run_script("scripts/tables.py", str(sweep), "--markdown", str(markdown), "--csv", str(table_csv))
     lines = result.stdout.splitlines()
+    assert "| dataset / model | SGD | SAM | SSAM-F s=0.5 | SSAM-D s=0.9 |" in lines
     assert (
-        "| fashion_mnist | compact_resnet | sam | - | 2 | 91.00 ± 1.41 | 92.00 ± 1.41 | 0.100 | 10.0 |"
+        "| fashion_mnist / compact_resnet | 89.00 ± 1.41 (n=2) | 91.00 ± 1.41 (n=2) "
+        "| 91.25 ± 0.35 (n=2) | 89.00 ± 0.00 (n=1) ⚠ |"
+    ) in lines
+    assert (
+        "| fashion_mnist / compact_resnet | 1.00× (n=2) | 2.00× (n=2) | 2.10× (n=2) | 2.00× (n=1) ⚠ |"
         in lines
     )
-    assert "| fashion_mnist | compact_resnet | ssam_f | 0.5 | 1 | 91.50 | 91.50 | 0.100 | 10.0 |" in lines
-    assert "Unfinished runs (no summary.json): " + str(tmp_path / "crashed") in result.stdout
-    assert output.read_text().strip() == result.stdout.strip()
+    assert "Unfinished or crashed runs (no summary.json): " + str(sweep / "crashed") in result.stdout
+    assert markdown.read_text().strip() == result.stdout.strip()
+    rows = list(csv.DictReader(table_csv.open()))
+    assert [(r["optimizer"], r["sparsity"], r["runs"]) for r in rows] == [
+        ("sgd", "", "2"),
+        ("sam", "", "2"),
+        ("ssam_f", "0.5", "2"),
+        ("ssam_d", "0.9", "1"),
+    ]
+    assert float(rows[1]["best_mean"]) == 92.0
+
+
+def test_plots_are_written_as_png_files(sweep, tmp_path):
+    out = tmp_path / "figures"
+    run_script("scripts/plots.py", str(sweep), "--out", str(out), "--prefix", "test")
+    for name in ("accuracy_vs_sparsity", "accuracy_vs_time"):
+        path = out / f"test_fashion_mnist_compact_resnet_{name}.png"
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -102,14 +102,14 @@ def _layer_densities(model: torch.nn.Module, optimizer: SSAM) -> dict[str, float
     return {names[id(p)]: m.float().mean().item() for p, m in zip(optimizer.params, optimizer.masks)}
 
 
-def _setting_tags(cfg: DictConfig) -> list[str]:
+def setting_tags(cfg: DictConfig) -> list[str]:
     tags = [cfg.optimizer.name, cfg.dataset.name, cfg.model.name]
     if cfg.optimizer.name in SPARSE:
         tags.append(f"sparsity={cfg.optimizer.sparsity}")
     return tags
 
 
-def _setting_name(cfg: DictConfig) -> str:
+def setting_name(cfg: DictConfig) -> str:
     """The setting without the seed, e.g. ``fmnist_cpu/ssam_f/sparsity=0.5``: the wandb group
     that gathers a sweep's seeds, as a table row does."""
     parts = [cfg.experiment_name, cfg.dataset.name, cfg.model.name, cfg.optimizer.name]
@@ -229,8 +229,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             project=cfg.logger.project,
             mode=cfg.logger.mode,
             entity=cfg.logger.entity,
-            group=cfg.logger.group or _setting_name(cfg),
-            tags=[*cfg.logger.tags, *_setting_tags(cfg)],
+            group=cfg.logger.group or setting_name(cfg),
+            tags=[*cfg.logger.tags, *setting_tags(cfg)],
         )
 
     def state(epoch_progress: EpochProgress | None) -> dict[str, Any]:
