@@ -187,7 +187,8 @@ def test_resume_with_a_different_number_of_loader_workers_is_bit_identical(tmp_p
     train_ok(straight, [*overrides, "trainer.num_workers=0"])
     kill_after_checkpoints(interrupted, [*overrides, "trainer.num_workers=2"], writes=5)
     assert not (interrupted / "summary.json").exists()
-    train_ok(interrupted, [*overrides, "trainer.num_workers=1"])
+    resumed = train_ok(interrupted, [*overrides, "trainer.num_workers=1"])
+    assert "resuming" in resumed.stdout
     expected = torch.load(straight / "last.pt", weights_only=True)["model"]
     actual = torch.load(interrupted / "last.pt", weights_only=True)["model"]
     for name, tensor in expected.items():

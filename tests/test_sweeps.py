@@ -140,7 +140,7 @@ def test_a_run_directory_in_use_is_skipped_not_trained_twice(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     with open(run_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.lockf(lock, fcntl.LOCK_EX)
         result = train(run_dir, ["dataset.train_size=256", "dataset.test_size=128", "epochs=1"])
     assert result.returncode == 0
     assert f"skipped: another process is training in {run_dir}" in result.stderr

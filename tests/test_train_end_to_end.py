@@ -319,7 +319,7 @@ def test_rerunning_a_finished_run_does_not_train_again(trained, tmp_path):
 
     result = train_ok(run_dir, SGD_RUN[1])
 
-    assert "after epoch 2 of 2" in result.stdout
+    assert "is already finished; not training again" in result.stdout
     assert "epoch 1/2" not in result.stdout and "epoch 2/2 " not in result.stdout
     assert (run_dir / "metrics.jsonl").read_text() == metrics_before
     summary = read_json(run_dir / "summary.json")

@@ -7,6 +7,7 @@ to disk, then renamed over the old one, so a crash leaves either the old or the 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -63,13 +64,18 @@ class RunDirectoryBusy(RuntimeError):
 @contextmanager
 def exclusive_run_directory(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on ``run_dir`` for the whole run, so that two jobs of a sweep that
-    share it (sgd at two sparsities, a requeued job next to a stale one) never write it at once."""
+    share it (sgd at two sparsities, a requeued job next to a stale one) never write it at once.
+
+    A POSIX record lock (lockf), not flock: data-loader workers forked during the run do not
+    inherit it, so a killed run's lingering workers cannot block its resumption."""
     with open(run_dir / ".lock", "w") as handle:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise RunDirectoryBusy(f"another process is training in {run_dir}") from None
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.lockf(handle, fcntl.LOCK_UN)

@@ -122,6 +122,36 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     return {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
 
 
+def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[dict, EpochProgress | None]:
+    """Load ``checkpoint_path`` into the run's objects and RNGs; the run's history so far and
+    the totals of the interrupted epoch (None at an epoch boundary)."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    run_dir = checkpoint_path.parent
+    if checkpoint["identity"] != _identity(cfg):
+        raise ConfigError(
+            f"{run_dir} holds a run with {checkpoint['identity']}, not {_identity(cfg)}: "
+            "use another hydra.run.dir, or resume=false to overwrite it"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    set_rng_state(checkpoint["rng"])
+    history = checkpoint["history"]
+    progress = checkpoint["epoch_progress"] and EpochProgress(**checkpoint["epoch_progress"])
+    if history["epoch"] >= cfg.epochs:
+        shared = (
+            f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity share this run)"
+            if cfg.optimizer.name in IGNORE_SPARSITY
+            else ""
+        )
+        print(f"{run_dir} is already finished; not training again{shared}")
+    elif progress:
+        print(f"resuming {run_dir} at step {progress.step} of epoch {history['epoch'] + 1} of {cfg.epochs}")
+    else:
+        print(f"resuming {run_dir} after epoch {history['epoch']} of {cfg.epochs}")
+    return history, progress
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that cannot be written)."""
 
@@ -190,34 +220,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
     epoch_progress = None
     if cfg.resume and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint["identity"] != _identity(cfg):
-            raise ConfigError(
-                f"{run_dir} holds a run with {checkpoint['identity']}, not {_identity(cfg)}: "
-                "use another hydra.run.dir, or resume=false to overwrite it"
-            )
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        set_rng_state(checkpoint["rng"])
-        history = checkpoint["history"]
-        if checkpoint["epoch_progress"] is not None:
-            epoch_progress = EpochProgress(**checkpoint["epoch_progress"])
-        done = (
-            f"step {epoch_progress.step} of epoch {history['epoch'] + 1}"
-            if epoch_progress
-            else (f"epoch {history['epoch']}")
-        )
-        if history["epoch"] >= cfg.epochs:
-            shared = (
-                f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity "
-                "share this run)"
-                if cfg.optimizer.name in IGNORE_SPARSITY
-                else ""
-            )
-            print(f"{run_dir} is already finished; not training again{shared}")
-        else:
-            print(f"resuming {run_dir} after {done} of {cfg.epochs}")
+        history, epoch_progress = _resume(cfg, checkpoint_path, model, optimizer, scheduler)
     metrics.keep(lambda record: record["epoch"] < history["epoch"])
     mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
