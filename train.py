@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+from ssam.data import DataError
 from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
 from ssam.train.overrides import unknown_key_message
 from ssam.train.run import TrainingStopped, run
@@ -23,7 +24,7 @@ from ssam.train.validate import ConfigError
 def main(cfg: DictConfig) -> float:
     try:
         summary = run(cfg, HydraConfig.get().runtime.output_dir)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except RunDirectoryBusy as error:

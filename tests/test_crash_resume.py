@@ -5,6 +5,7 @@ settings are named with a suggestion."""
 from __future__ import annotations
 
 import errno
+import pickle
 import random
 import signal
 import subprocess
@@ -193,3 +194,17 @@ def test_resume_with_a_different_number_of_loader_workers_is_bit_identical(tmp_p
     actual = torch.load(interrupted / "last.pt", weights_only=True)["model"]
     for name, tensor in expected.items():
         assert torch.equal(actual[name], tensor), name
+
+
+def test_a_damaged_data_file_is_named_without_a_traceback(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {"data": torch.randint(0, 256, (4, 3072), dtype=torch.uint8).numpy(), "labels": [0, 1, 2, 3]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    damaged = folder / "data_batch_3"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    result = train(tmp_path / "run", ["dataset=cifar10", f"dataset.root={tmp_path}", "model=compact_resnet"])
+    assert result.returncode == 2
+    assert f"error: {damaged} is not a readable CIFAR batch file" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -8,8 +8,11 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from ssam.data import cifar, fashion_mnist, imagenet
+from ssam.data.errors import DataError
 from ssam.data.tensor_dataset import ImageTensorDataset
 from ssam.data.transforms import imagenet_transform, small_image_transform
+
+__all__ = ["DATASETS", "DataError", "build_datasets", "download", "fixed_subset", "missing_data_message"]
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 # Subsets are drawn with this fixed seed, so that every run (any seed) sees the same examples.

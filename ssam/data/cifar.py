@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssam.data.errors import DataError
+
 LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels"),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels"),
@@ -43,9 +45,9 @@ def load_cifar(name: str, root: str, train: bool) -> tuple[torch.Tensor, torch.T
         except FileNotFoundError:
             raise
         except Exception as error:
-            raise ValueError(f"{path} is not a readable CIFAR batch file: {error}") from error
+            raise DataError(f"{path} is not a readable CIFAR batch file: {error}") from error
         if len(data) != len(file_labels):
-            raise ValueError(f"{path}: {len(data)} images but {len(file_labels)} labels")
+            raise DataError(f"{path}: {len(data)} images but {len(file_labels)} labels")
         images.append(data)
         labels.append(file_labels)
     return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ssam.data.errors import DataError
+
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 # Where a download goes when no root is given (`make data` as a user who cannot use apt).
 DEFAULT_DOWNLOAD_ROOT = "data/fashion_mnist"
@@ -53,12 +55,12 @@ def read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         raw = f.read()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]
     shape = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {data.size} bytes of data, its header says {shape}")
+        raise DataError(f"{path} holds {data.size} bytes of data, its header says {shape}")
     return data.reshape(shape)
 
 
@@ -68,5 +70,5 @@ def load_fashion_mnist(folder: Path, train: bool) -> tuple[torch.Tensor, torch.T
     images = torch.from_numpy(read_idx(folder / images_file).copy()).unsqueeze(1)
     labels = torch.from_numpy(read_idx(folder / labels_file).astype(np.int64))
     if len(images) != len(labels):
-        raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels")
+        raise DataError(f"{folder}: {len(images)} images but {len(labels)} labels")
     return images, labels

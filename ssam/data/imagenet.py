@@ -8,6 +8,8 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import find_classes
 
+from ssam.data.errors import DataError
+
 FETCH_HINT = (
     "ImageNet cannot be downloaded automatically: get ILSVRC2012 from image-net.org and lay "
     "it out as ROOT/train/<class>/*.JPEG and ROOT/val/<class>/*.JPEG, then set dataset.root"
@@ -23,7 +25,7 @@ def _open_rgb(path: str) -> Image.Image:
         with open(path, "rb") as f:
             return Image.open(f).convert("RGB")
     except Exception as error:
-        raise ValueError(f"cannot read image {path}: {error}") from error
+        raise DataError(f"cannot read image {path}: {error}") from error
 
 
 class _FolderWithClasses(ImageFolder):
@@ -38,7 +40,7 @@ class _FolderWithClasses(ImageFolder):
         found, _ = super().find_classes(directory)
         unknown = sorted(set(found) - set(self._given_classes))
         if unknown:
-            raise ValueError(f"{directory} has classes that train/ lacks: {', '.join(unknown[:5])}")
+            raise DataError(f"{directory} has classes that train/ lacks: {', '.join(unknown[:5])}")
         return sorted(self._given_classes, key=self._given_classes.get), self._given_classes
 
 
