@@ -28,9 +28,11 @@ def paper_refresh(model: torch.nn.Module, dataset: TensorDataset, num_samples: i
     """What the authors' code does each refresh (re-implemented for timing only)."""
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=4)
     scores = [torch.zeros_like(p) for p in model.parameters()]
+    device = scores[0].device
     for index, (x, y) in enumerate(loader):
         if index == num_samples:
             break
+        x, y = x.to(device), y.to(device)
         model.zero_grad()
         F.cross_entropy(model(x), y).backward()
         for score, p in zip(scores, model.parameters()):

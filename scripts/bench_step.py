@@ -6,7 +6,8 @@
 Every optimizer steps on the same batch with its own copy of the model; the optimizers take
 turns (interleaved) so that drifts in machine speed hit all of them alike. The mask is built
 before timing (mask refreshes are timed by bench_mask.py). Reported: the median step time
-and its ratio to SGD and to SAM, and the peak memory (CUDA only).
+and its ratio to SGD and to SAM, and (CUDA only) the memory one step needs above what is
+already resident.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def make_optimizers(model, dataset, sparsities, rho):
         for name in ("ssam_f", "ssam_d"):
             replica = copy.deepcopy(model)
             strategy = build_mask_strategy(
-                name, replica, dataset, epochs=10, seed=0, update_freq=1, num_samples=16
+                name, replica, dataset, epochs=10, seed=0, update_freq=1, num_samples=min(16, len(dataset))
             )
             optimizer = build_optimizer(
                 name, replica, lr=0.01, rho=rho, sparsity=sparsity, mask_strategy=strategy
@@ -74,13 +75,17 @@ def main() -> None:
     times = {label: [] for label, _, _ in entries}
     peak_mb = {}
     for label, replica, optimizer in entries:  # warm-up; builds the masks
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
         for _ in range(args.warmup):
             training_step(replica, optimizer, inputs, targets)
         synchronize(device)
         if device.type == "cuda":
-            peak_mb[label] = torch.cuda.max_memory_allocated(device) / 2**20
+            # What one step adds on top of everything already resident (all replicas and their
+            # optimizer state): the step's working memory, not the mask refresh's.
+            resident = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            training_step(replica, optimizer, inputs, targets)
+            synchronize(device)
+            peak_mb[label] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
     for _ in range(args.repeats):
         for label, replica, optimizer in entries:
             synchronize(device)
@@ -95,7 +100,7 @@ def main() -> None:
         f"training step, {args.model}, batch {args.batch_size}, {name}, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, median of {args.repeats} (after {args.warmup} warm-up)"
     )
-    print("| optimizer | step (s) | / SGD | / SAM |" + (" peak MiB |" if peak_mb else ""))
+    print("| optimizer | step (s) | / SGD | / SAM |" + (" step peak MiB above resident |" if peak_mb else ""))
     print("|---|---|---|---|" + ("---|" if peak_mb else ""))
     for label, median in medians.items():
         row = f"| {label} | {median:.3f} | {median / medians['sgd']:.2f} | {median / medians['sam']:.2f} |"

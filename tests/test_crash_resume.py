@@ -208,3 +208,32 @@ def test_a_damaged_data_file_is_named_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert f"error: {damaged} is not a readable CIFAR batch file" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["dataset.train_size=70000"], "subset size 70000 is larger than the dataset (60000 examples)"),
+        (
+            ["optimizer.nesterov=true", "optimizer.momentum=0"],
+            "optimizer.nesterov=true needs optimizer.momentum > 0",
+        ),
+        (
+            ["optimizer=ssam_f", "model=resnet50", "dataset.train_size=256"],
+            "one example at a time in training mode",
+        ),
+    ],
+)
+def test_settings_only_the_data_or_model_can_check_still_fail_cleanly(overrides, message, tmp_path):
+    result = train(tmp_path / "run", overrides)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resuming_under_another_learning_rate_names_the_difference(tmp_path):
+    run_dir = tmp_path / "run"
+    train_ok(run_dir, ["dataset.train_size=256", "dataset.test_size=128", "epochs=1"])
+    result = train(run_dir, ["dataset.train_size=256", "dataset.test_size=128", "epochs=1", "lr=0.5"])
+    assert result.returncode == 2
+    assert "lr: 0.1 there, 0.5 now" in result.stderr

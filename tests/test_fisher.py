@@ -158,3 +158,25 @@ def test_bad_fisher_settings_are_rejected(options, message):
     inputs, targets = batches(1, size=20)[0]
     with pytest.raises(ValueError, match=message):
         FisherMask(small_conv_net(), TensorDataset(inputs, targets), **{"num_samples": 4, **options})
+
+
+def test_topk_with_nan_scores_still_keeps_exactly_k_and_ranks_nan_last():
+    scores = [torch.tensor([1.0, float("nan"), 3.0, 2.0, float("nan")])]
+    (mask,) = global_topk_mask(scores, sparsity=0.4)  # k = 3
+    assert mask.tolist() == [True, False, True, True, False]
+
+
+def test_fisher_pass_keeps_each_submodule_mode():
+    model = small_conv_net()
+    model.train()
+    model[1].eval()  # a BatchNorm a user keeps frozen
+    inputs, targets = batches(1, size=3)[0]
+    fisher_scores(model, list(model.parameters()), inputs, targets, method="loop")
+    assert model.training and not model[1].training
+
+
+def test_a_model_that_cannot_take_one_example_is_refused_when_the_mask_is_built():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 4), torch.nn.BatchNorm1d(4))
+    inputs, targets = batches(1, size=20)[0]
+    with pytest.raises(ValueError, match="one example at a time in training mode"):
+        FisherMask(model, TensorDataset(inputs, targets), num_samples=4)

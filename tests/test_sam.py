@@ -185,3 +185,23 @@ def test_optimizers_import_without_hydra_wandb_or_data_code():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_descent_only_batchnorm_statistics_are_counted_once():
+    x, y = batches(1)[0]
+    model = small_conv_net()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=0.1)
+    training_step(model, optimizer, x, y, bn_stats="descent")
+    assert model[1].num_batches_tracked.item() == 1
+
+
+def test_a_skipped_non_finite_step_leaves_weights_and_batchnorm_statistics_alone():
+    x, y = batches(1)[0]
+    x[0, 0, 0, 0] = float("inf")
+    model = small_conv_net()
+    optimizer = SAM(model.parameters(), torch.optim.SGD, rho=RHO, lr=0.1)
+    weights, stats = parameters_of(model), [b.clone() for b in model.buffers()]
+    result = training_step(model, optimizer, x, y, on_nonfinite="skip")
+    assert result.skipped
+    assert_bitwise_equal(parameters_of(model), weights)
+    assert_bitwise_equal(list(model.buffers()), stats)

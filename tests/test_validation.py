@@ -87,7 +87,10 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["epochs=0"], "epochs must be an integer >= 1, got 0"),
         (["batch_size=0"], "batch_size must be an integer >= 1, got 0"),
         (["device=tpu"], "device must be one of auto, cpu, cuda, got 'tpu'"),
-        (["optimizer=sam", "optimizer.bn_stats=bogus"], "optimizer.bn_stats must be one of ascent, both"),
+        (
+            ["optimizer=sam", "optimizer.bn_stats=bogus"],
+            "optimizer.bn_stats must be one of ascent, descent, both",
+        ),
         (["optimizer=ssam_f", "optimizer.num_samples=0"], "optimizer.num_samples must be an integer >= 1"),
         (["optimizer=ssam_f", "optimizer.update_freq=0"], "optimizer.update_freq must be an integer >= 1"),
         (

@@ -54,7 +54,7 @@ def fisher_scores(
     if len(inputs) == 0:
         raise ValueError("fisher_scores needs at least one sample")
     method = resolve_fisher_method(method, inputs.device)
-    was_training = model.training
+    modes = [(module, module.training) for module in model.modules()]
     devices = [inputs.device] if inputs.device.type == "cuda" else []
     model.train()
     try:
@@ -64,7 +64,8 @@ def fisher_scores(
                 return _fisher_by_loop(model, params, inputs, targets, loss_fn)
             return _fisher_by_vmap(model, params, inputs, targets, loss_fn, chunk_size)
     finally:
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
 
 
 def _fisher_by_loop(model, params, inputs, targets, loss_fn) -> list[torch.Tensor]:

@@ -42,6 +42,7 @@ def _highest(scores: torch.Tensor, count: int) -> torch.Tensor:
     7× faster on ResNet-18's 11M scores, and ties resolved by position, which topk does not do.
     """
     total = scores.numel()
+    scores = torch.nan_to_num(scores, nan=float("-inf"))  # a NaN score ranks last, never lost
     if count <= 0:
         return torch.zeros(0, dtype=torch.long, device=scores.device)
     if count >= total:
@@ -103,6 +104,7 @@ class FisherMask:
         self.loss_fn = loss_fn
         self.seed = seed
         self.chunk_size = chunk_size
+        self._check_batch_of_one()
 
     def is_due(self, epoch: int) -> bool:
         return epoch % self.update_freq == 0
@@ -111,12 +113,28 @@ class FisherMask:
         """The examples of this epoch's refresh, the same on every process and every resume."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         indices = torch.randperm(len(self.dataset), generator=generator)[: self.num_samples]
+        return self._examples(indices.tolist(), device)
+
+    def _examples(self, indices: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         # The dataset's transforms draw from the global RNG; keep the caller's stream intact.
         with torch.random.fork_rng(devices=[]):
-            examples = [self.dataset[int(i)] for i in indices]
+            examples = [self.dataset[i] for i in indices]
         inputs = torch.stack([torch.as_tensor(x) for x, _ in examples]).to(device)
         targets = torch.as_tensor([int(y) for _, y in examples], device=device)
         return inputs, targets
+
+    def _check_batch_of_one(self) -> None:
+        """Fail now, not at the first step, if the model cannot take one example in training
+        mode (e.g. a BatchNorm that sees a single value per channel)."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        inputs, targets = self._examples([0], params[0].device)
+        try:
+            fisher_scores(self.model, params, inputs, targets, method="loop", loss_fn=self.loss_fn)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(
+                "SSAM-F's Fisher pass feeds the model one example at a time in training mode, "
+                f"and this model cannot take that: {error}. Use larger images or another model"
+            ) from error
 
     def __call__(self, params, masks, sparsity: float, epoch: int) -> list[torch.Tensor]:
         inputs, targets = self.samples(epoch, params[0].device)

@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssam.optim import SAM, frozen_batchnorm_stats
 
-BN_STATS = ("ascent", "both")
+BN_STATS = ("ascent", "descent", "both")
 ON_NONFINITE = ("stop", "skip")
 
 
@@ -41,6 +42,10 @@ def _finite_check(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
     return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.to(loss.device))
 
 
+def _batchnorm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
+
+
 def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -53,33 +58,40 @@ def training_step(
     """One optimizer step; returns the loss and the number of correct predictions at w.
 
     For SAM and Sparse SAM: ascent pass at w, climb to w + ε, descent pass there, step.
-    ``bn_stats="ascent"`` keeps the descent pass from updating BatchNorm running statistics.
-    A non-finite loss or gradient in either pass leaves the weights as they were and raises
-    NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``).
+    ``bn_stats`` says which pass updates the BatchNorm running statistics (``ascent``, the
+    default, or ``descent``; ``both`` lets both do, which the method's spec advises against).
+    A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
+    raises NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``).
     """
     sharpness_aware = isinstance(optimizer, SAM)
-    logits = model(inputs)
+    saved_stats = [b.clone() for b in _batchnorm_buffers(model)] if on_nonfinite == "skip" else None
+
+    def give_up(pass_name: str, loss: torch.Tensor, correct: torch.Tensor) -> StepResult:
+        optimizer.zero_grad(set_to_none=True)
+        if on_nonfinite == "stop":
+            raise NonFiniteError(pass_name)
+        with torch.no_grad():
+            for buffer, saved in zip(_batchnorm_buffers(model), saved_stats):
+                buffer.copy_(saved)
+        return StepResult(loss.detach(), correct, skipped=True)
+
+    with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext():
+        logits = model(inputs)
     loss = F.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    checks = [_finite_check(loss, model)]
+    correct = (logits.argmax(dim=1) == targets).sum()
+    # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
+    if not bool(_finite_check(loss, model)):
+        return give_up("ascent" if sharpness_aware else "training", loss, correct)
     if sharpness_aware:
         optimizer.first_step(zero_grad=True)
         with frozen_batchnorm_stats(model) if bn_stats == "ascent" else nullcontext():
             descent_loss = F.cross_entropy(model(inputs), targets)
             descent_loss.backward()
-        checks.append(_finite_check(descent_loss, model))
-    correct = (logits.argmax(dim=1) == targets).sum()
-    finite = torch.stack(checks)
-    if not bool(finite.all()):  # the step's one host synchronisation
-        if sharpness_aware:
+        if not bool(_finite_check(descent_loss, model)):
             optimizer.restore_weights()
-        optimizer.zero_grad(set_to_none=True)
-        pass_name = ("ascent" if not finite[0] else "descent") if sharpness_aware else "training"
-        if on_nonfinite == "stop":
-            raise NonFiniteError(pass_name)
-        return StepResult(loss.detach(), correct, skipped=True)
-    if sharpness_aware:
+            return give_up("descent", loss, correct)
         optimizer.second_step(zero_grad=True)
     else:
         optimizer.step()
@@ -143,6 +155,7 @@ def train_one_epoch(
         initial=progress.step,
         total=progress.step + len(loader),
     )
+    previous_end = time.perf_counter()
     for inputs, targets in bar:
         started = time.perf_counter()
         inputs = inputs.to(device, non_blocking=True)
@@ -153,10 +166,11 @@ def train_one_epoch(
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        elapsed = time.perf_counter() - started
+        finished = time.perf_counter()
         progress.step += 1
-        progress.time_s += elapsed
-        progress.step_times_s.append(elapsed)
+        progress.time_s += finished - previous_end  # with the wait for the batch
+        progress.step_times_s.append(finished - started)  # the step's compute alone
+        previous_end = finished
         if result.skipped:
             progress.skipped_steps += 1
         else:

@@ -32,6 +32,10 @@ class JsonLines:
             self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
 
 
+def read_json(path: str | Path) -> dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
 def write_json(path: str | Path, record: dict[str, Any]) -> None:
     Path(path).write_text(json.dumps(record, indent=2) + "\n")
 

@@ -16,12 +16,19 @@ def sgd_or_sharpness_aware(optimizer: str, sgd_value, sharpness_aware_value):
     return sgd_value if optimizer == "sgd" else sharpness_aware_value
 
 
+def ignored_settings(optimizer: str) -> set[str]:
+    """Top-level settings the optimizer does not use: sparsity without a mask, ρ for SGD."""
+    ignored = {"sparsity"} if optimizer in IGNORE_SPARSITY else set()
+    if optimizer == "sgd":
+        ignored.add("rho")
+    return ignored
+
+
 def run_name(override_dirname: str, optimizer: str) -> str:
-    """A sweep job's directory: its overrides (``key=value,...``), without ``sparsity`` for
-    optimizers that ignore it, so that those jobs share one run directory and run once."""
-    parts = [part for part in override_dirname.split(",") if part]
-    if optimizer in IGNORE_SPARSITY:
-        parts = [part for part in parts if not part.startswith("sparsity=")]
+    """A sweep job's directory: its overrides (``key=value,...``) without the settings the
+    optimizer ignores, so that jobs differing only in those share one run and run once."""
+    ignored = ignored_settings(optimizer)
+    parts = [part for part in override_dirname.split(",") if part and part.split("=", 1)[0] not in ignored]
     return ",".join(parts) or "default"
 
 

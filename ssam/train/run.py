@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssam import data
+from ssam.data import DataError
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.models import build_model
@@ -28,16 +29,16 @@ from ssam.train.checkpoint import (
     save_checkpoint,
 )
 from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
-from ssam.train.metrics import JsonLines, format_table, write_json
+from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
-from ssam.train.resolvers import IGNORE_SPARSITY
+from ssam.train.resolvers import IGNORE_SPARSITY, ignored_settings
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
 from ssam.train.schedulers import build_scheduler
 from ssam.train.validate import ConfigError, validate_config
 from ssam.train.wandb_sink import WandbSink
 
-# Settings that define a run: resuming a directory under other values would mix two runs.
-IDENTITY_KEYS = ("optimizer.name", "model.name", "dataset.name", "epochs", "seed", "batch_size")
+# Settings that may change between a run and its resumption: they do not change the numbers.
+RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -119,7 +120,25 @@ def setting_name(cfg: DictConfig) -> str:
 
 
 def _identity(cfg: DictConfig) -> dict[str, Any]:
-    return {key: OmegaConf.select(cfg, key) for key in IDENTITY_KEYS}
+    """Every setting that shapes the run's numbers; resuming under other values would mix two
+    runs. Settings the optimizer ignores are left out, as they are of its run directory's name."""
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    for key in RESUMABLE_UNDER_OTHER:
+        settings.pop(key, None)
+    for key in ignored_settings(cfg.optimizer.name):
+        settings.pop(key)
+    return settings
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    differences = []
+    for key in sorted(set(saved) | set(current)):
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            differences += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            differences.append(f"{prefix}{key}: {old!r} there, {new!r} now")
+    return differences
 
 
 def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[dict, EpochProgress | None]:
@@ -127,9 +146,10 @@ def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[di
     the totals of the interrupted epoch (None at an epoch boundary)."""
     checkpoint = load_checkpoint(checkpoint_path)
     run_dir = checkpoint_path.parent
-    if checkpoint["identity"] != _identity(cfg):
+    differences = _differences(checkpoint["identity"], _identity(cfg))
+    if differences:
         raise ConfigError(
-            f"{run_dir} holds a run with {checkpoint['identity']}, not {_identity(cfg)}: "
+            f"{run_dir} holds a run with other settings ({'; '.join(differences[:5])}): "
             "use another hydra.run.dir, or resume=false to overwrite it"
         )
     model.load_state_dict(checkpoint["model"])
@@ -180,7 +200,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    train_set, test_set = _build_data(cfg)
+    try:
+        train_set, test_set = _build_data(cfg)
+    except DataError:
+        raise
+    except ValueError as error:  # a setting that only the data can check (a subset too large)
+        raise ConfigError(str(error)) from error
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
     sampler = EpochShuffle(len(train_set), cfg.seed)
@@ -191,7 +216,10 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         image_size=cfg.dataset.image_size,
         **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     ).to(device)
-    optimizer = _build_optimizer(cfg, model, train_set)
+    try:
+        optimizer = _build_optimizer(cfg, model, train_set)
+    except ValueError as error:  # settings that need the model or data to check
+        raise ConfigError(str(error)) from error
     workers = cfg.trainer.num_workers
     train_loader = DataLoader(
         train_set,
@@ -221,6 +249,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     epoch_progress = None
     if cfg.resume and checkpoint_path.exists():
         history, epoch_progress = _resume(cfg, checkpoint_path, model, optimizer, scheduler)
+    summary_path = run_dir / "summary.json"
+    if history["epoch"] >= cfg.epochs and summary_path.exists():
+        # Finished: its summary stands as written (this process measured nothing).
+        summary = read_json(summary_path)
+        print(format_table(summary))
+        return summary
     metrics.keep(lambda record: record["epoch"] < history["epoch"])
     mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
@@ -332,6 +366,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_time_s": history["train_time_s"] + result.time_s,
             "step_times_s": history["step_times_s"] + result.step_times_s,
             "final_test_acc": test_acc,
+            # A resumed run's processes each see only their own peak: keep the largest.
+            "peak_memory_mb": max(history.get("peak_memory_mb", 0.0), peak_memory_mb(device)),
         }
         epoch_progress = None
         _checkpoint(checkpoint_path, state(None))
@@ -348,7 +384,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "seed": cfg.seed,
         "train_time_s": history["train_time_s"],
         "step_time_s": statistics.median(history["step_times_s"]),
-        "peak_memory_mb": peak_memory_mb(device),
+        "peak_memory_mb": history["peak_memory_mb"],
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
         "torch_version": torch.__version__,
         "device": device_name(device),
@@ -356,7 +392,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if sparse:
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
-    write_json(run_dir / "summary.json", summary)
+    write_json(summary_path, summary)
     if sink is not None:
         sink.finish(summary)
     print(format_table(summary))

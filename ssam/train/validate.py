@@ -69,6 +69,8 @@ def validate_config(cfg: DictConfig) -> None:
     if not (_is_number(optimizer.weight_decay) and optimizer.weight_decay >= 0):
         raise ConfigError(f"weight_decay must be >= 0, got {optimizer.weight_decay!r}")
     _in_range("optimizer.momentum", optimizer.momentum, 0.0, 1.0, high_open=True)
+    if optimizer.nesterov and optimizer.momentum == 0:
+        raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0, got 0")
     # The top-level rho and sparsity are checked even where the optimizer ignores them: a bad
     # value on the command line is a typo worth reporting.
     if not (_is_number(cfg.rho) and cfg.rho >= 0):
