@@ -3,7 +3,8 @@
     python scripts/tables.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_table.md --csv docs/fmnist.csv
 
 Rows are dataset / model; columns SGD, SAM, then SSAM-F and SSAM-D at each sparsity found.
-Cells are the mean ± sample std over seeds, with the number of seeds. Three tables: final test
+Cells are the mean ± sample std over seeds, with the number of runs; runs that share a
+seed (a sweep over another setting under the same root) are flagged, not silently pooled. Three tables: final test
 accuracy, best test accuracy over epochs, and training time per epoch relative to SGD. A
 run directory without summary.json (crashed or still running) is listed, never silently
 dropped, and a cell with fewer seeds than its row's best-covered cell is flagged.
@@ -54,8 +55,11 @@ def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]
         table[row] = {}
         for key, runs in cells.items():
             per_epoch = [run["train_time_s"] / run["epochs"] for run in runs]
+            seeds = [run["seed"] for run in runs]
             table[row][key] = {
                 "runs": len(runs),
+                # Two runs with one seed differ in some other setting: not repeats to average.
+                "mixed_settings": len(set(seeds)) < len(seeds),
                 "final": [run["final_test_acc"] for run in runs],
                 "best": [run["best_test_acc"] for run in runs],
                 "time_per_epoch_s": statistics.median(per_epoch),
@@ -100,12 +104,15 @@ def markdown(table, unfinished: list[Path]) -> str:
                 if stats is None:
                     row.append("missing")
                     continue
-                flag = "" if stats["runs"] == most else " ⚠"
+                flag = ("" if stats["runs"] == most else " ⚠") + (" ‡" if stats["mixed_settings"] else "")
                 row.append(f"{render(stats)} (n={stats['runs']}){flag}")
             lines.append(f"| {dataset} / {model} | " + " | ".join(row) + " |")
         sections.append("\n".join(lines))
     text = "\n\n".join(sections)
-    text += "\n\n⚠ fewer seeds than the row's other cells; n = number of seeds (runs)."
+    text += (
+        "\n\n⚠ fewer seeds than the row's other cells; ‡ runs that share a seed (they differ in"
+        " another setting, e.g. ρ or lr: tabulate them separately); n = number of runs."
+    )
     if unfinished:
         text += "\n\nUnfinished or crashed runs (no summary.json): " + ", ".join(str(p) for p in unfinished)
     return text

@@ -82,3 +82,10 @@ def test_plots_are_written_as_png_files(sweep, tmp_path):
     for name in ("accuracy_vs_sparsity", "accuracy_vs_time"):
         path = out / f"test_fashion_mnist_compact_resnet_{name}.png"
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_runs_that_share_a_seed_are_flagged_as_mixed_settings(tmp_path):
+    write_run(tmp_path / "a", summary("sam", None, 0, 90.0, 90.0, 20.0))
+    write_run(tmp_path / "b", summary("sam", None, 0, 80.0, 80.0, 20.0))
+    result = run_script("scripts/tables.py", str(tmp_path))
+    assert "| fashion_mnist / compact_resnet | 85.00 ± 7.07 (n=2) ‡ |" in result.stdout.splitlines()
