@@ -157,7 +157,8 @@ def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[di
     scheduler.load_state_dict(checkpoint["scheduler"])
     set_rng_state(checkpoint["rng"])
     history = checkpoint["history"]
-    progress = checkpoint["epoch_progress"] and EpochProgress(**checkpoint["epoch_progress"])
+    saved_progress = checkpoint["epoch_progress"]
+    progress = None if saved_progress is None else EpochProgress(**saved_progress)
     if history["epoch"] >= cfg.epochs:
         shared = (
             f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity share this run)"
