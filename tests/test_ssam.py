@@ -10,6 +10,7 @@ from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
 from torch.utils.data import TensorDataset
 
 from ssam import SAM, SSAM, DynamicMask, FisherMask
+from ssam.optim.ssam import mask_overlap
 from ssam.train.loop import training_step
 
 LR, MOMENTUM, WEIGHT_DECAY, RHO = 0.1, 0.9, 5e-4, 0.05
@@ -263,3 +264,13 @@ def test_bad_settings_are_rejected_with_the_allowed_values(options, message):
     model = small_conv_net()
     with pytest.raises(ValueError, match=message):
         SSAM(model.parameters(), torch.optim.SGD, mask_strategy=FixedMask([]), lr=0.1, **options)
+
+
+def test_mask_overlap_is_the_jaccard_index():
+    first = [torch.tensor([True, True, False, False]), torch.tensor([True])]
+    second = [torch.tensor([True, False, True, False]), torch.tensor([True])]
+    # on in both: 2 (first entry, the second tensor); on in either: 4
+    assert mask_overlap(first, second) == 0.5
+    assert mask_overlap(first, first) == 1.0
+    empty = [torch.zeros(3, dtype=torch.bool)]
+    assert mask_overlap(empty, empty) == 1.0

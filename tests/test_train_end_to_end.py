@@ -181,9 +181,11 @@ def test_sparse_runs_record_mask_density_and_updates(trained, optimizer):
         assert all(0.0 <= density <= 1.0 for density in layers.values())
         active = sum(layers[name] * sizes[name] for name in sizes)
         assert active == pytest.approx(total * update["mask_density"], abs=0.5)
+    assert updates[0]["overlap_with_previous"] is None
     if optimizer == "ssam_d":
         # Pruning and regrowing moves entries between layers but keeps the count.
         assert updates[0]["layers"] != updates[1]["layers"]
+        assert 0.0 < updates[1]["overlap_with_previous"] < 1.0
 
     summary = read_json(run_dir / "summary.json")
     assert summary["optimizer"] == optimizer and summary["sparsity"] == 0.5 and summary["rho"] == 0.05

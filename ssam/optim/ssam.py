@@ -34,6 +34,13 @@ from ssam.optim.sam import SAM
 NORMS = ("full", "masked")
 
 
+def mask_overlap(first: list[torch.Tensor], second: list[torch.Tensor]) -> float:
+    """Jaccard index of two masks: entries on in both over entries on in either (1 if both empty)."""
+    both = sum(int((a & b).sum()) for a, b in zip(first, second))
+    either = sum(int((a | b).sum()) for a, b in zip(first, second))
+    return both / either if either else 1.0
+
+
 class MaskStrategy(Protocol):
     def is_due(self, epoch: int) -> bool: ...
 
@@ -75,6 +82,8 @@ class SSAM(SAM):
         self._update_due = True
         self.mask_updates = 0
         self.mask_update_time_s = 0.0
+        # Jaccard index |m ∧ m'| / |m ∨ m'| of the last refresh's mask with the one before it.
+        self.last_mask_overlap: float | None = None
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -94,8 +103,10 @@ class SSAM(SAM):
     def update_mask(self) -> None:
         """Ask the strategy for a new mask now (first_step does this when one is due)."""
         started = time.perf_counter()
+        previous = self.masks
         self._set_masks(self.mask_strategy(self.params, self.masks, self.sparsity, self.epoch))
         self.mask_update_time_s += time.perf_counter() - started
+        self.last_mask_overlap = None if previous is None else mask_overlap(previous, self.masks)
         self.mask_updates += 1
         self._update_due = False
 

@@ -295,6 +295,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                     "epoch": history["epoch"],
                     "update": optimizer.mask_updates,
                     "mask_density": optimizer.mask_density(),
+                    "overlap_with_previous": optimizer.last_mask_overlap,
                     "layers": _layer_densities(model, optimizer),
                 }
             )
