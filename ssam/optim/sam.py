@@ -17,6 +17,10 @@ The interface is that of the widely used davda54/sam, so it drops into existing 
     optimizer.first_step(zero_grad=True)
     loss_fn(model(x), y).backward()
     optimizer.second_step(zero_grad=True)
+
+``optimizer.ascent_backward(loss)`` in place of the first ``backward()`` computes only the
+gradients that ``first_step`` uses: for SAM all of them, for Sparse SAM those of the tensors
+its mask perturbs, which lets autograd stop below the lowest of them.
 """
 
 from __future__ import annotations
@@ -58,18 +62,38 @@ class SAM(Optimizer):
         self._perturbed: list[torch.Tensor] = []
         self.last_perturbation_norm = torch.zeros(())
 
+    def ascent_parameters(self) -> list[torch.Tensor]:
+        """The parameters whose ascent gradient the next ``first_step`` reads."""
+        return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    def ascent_backward(self, loss: torch.Tensor) -> None:
+        """The ascent pass's backward: gradients of ``loss`` into ``.grad`` for
+        ``ascent_parameters()`` only. Autograd then skips every weight gradient outside that set
+        and stops below the lowest tensor in it, which is where Sparse SAM saves time."""
+        params = self.ascent_parameters()
+        if params:
+            loss.backward(inputs=params)
+
     def _ascent_direction(self, param: torch.Tensor) -> torch.Tensor:
         """The gradient that ε follows; Sparse SAM masks it."""
         return param.grad
 
+    def _is_perturbed(self, param: torch.Tensor) -> bool:
+        """Whether ε can be non-zero on ``param``; Sparse SAM leaves out fully masked tensors."""
+        return param.grad is not None
+
     @torch.no_grad()
-    def _scaled_norm(self, direction: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """‖T_w · direction(w)‖₂ over all parameters with a gradient (T_w = 1 unless adaptive)."""
+    def _scaled_norm(
+        self,
+        direction: Callable[[torch.Tensor], torch.Tensor],
+        include: Callable[[torch.Tensor], bool],
+    ) -> torch.Tensor:
+        """‖T_w · direction(w)‖₂ over the parameters ``include`` accepts (T_w = 1 unless adaptive)."""
         norms = [
             ((torch.abs(p) if group["adaptive"] else 1.0) * direction(p)).norm(p=2)
             for group in self.param_groups
             for p in group["params"]
-            if p.grad is not None
+            if include(p)
         ]
         if not norms:
             return torch.zeros(())
@@ -77,7 +101,7 @@ class SAM(Optimizer):
 
     def _perturbation_denominator(self) -> torch.Tensor:
         """What ρ is divided by: the norm of the full (scaled) gradient, as in SAM."""
-        return self._scaled_norm(lambda p: p.grad)
+        return self._scaled_norm(lambda p: p.grad, lambda p: p.grad is not None)
 
     @torch.no_grad()
     def first_step(self, zero_grad: bool = False) -> None:
@@ -88,7 +112,7 @@ class SAM(Optimizer):
         for group in self.param_groups:
             scale = group["rho"] / (denominator + NORM_EPS)
             for p in group["params"]:
-                if p.grad is None:
+                if not self._is_perturbed(p):
                     continue
                 self._remember_origin(p)
                 e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * self._ascent_direction(p)

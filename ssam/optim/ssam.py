@@ -79,6 +79,7 @@ class SSAM(SAM):
         self.epoch = 0
         self.masks: list[torch.Tensor] | None = None
         self._mask_of: dict[torch.Tensor, torch.Tensor] = {}
+        self._active: set[torch.Tensor] = set()
         self._update_due = True
         self.mask_updates = 0
         self.mask_update_time_s = 0.0
@@ -98,6 +99,8 @@ class SSAM(SAM):
         params = self.params
         self.masks = [m.to(device=p.device, dtype=torch.bool) for m, p in zip(masks, params)]
         self._mask_of = dict(zip(params, self.masks))
+        # One host sync per refresh, so that steps can skip fully masked tensors without one.
+        self._active = {p for p, m in self._mask_of.items() if bool(m.any())}
 
     @torch.no_grad()
     def update_mask(self) -> None:
@@ -117,12 +120,23 @@ class SSAM(SAM):
         active = sum(int(m.sum()) for m in self.masks)
         return active / sum(m.numel() for m in self.masks)
 
+    def ascent_parameters(self) -> list[torch.Tensor]:
+        """The tensors the mask touches, and every one when the step needs more: with
+        ``norm="full"`` ρ is divided by the whole gradient's norm, and a due refresh may score
+        entries by their gradient (SSAM-D), so those steps compute every gradient."""
+        if self.norm == "full" or self._update_due:
+            return super().ascent_parameters()
+        return [p for p in super().ascent_parameters() if p in self._active]
+
     def _ascent_direction(self, param: torch.Tensor) -> torch.Tensor:
         return param.grad * self._mask_of[param]
 
+    def _is_perturbed(self, param: torch.Tensor) -> bool:
+        return param.grad is not None and param in self._active
+
     def _perturbation_denominator(self) -> torch.Tensor:
         if self.norm == "masked":
-            return self._scaled_norm(self._ascent_direction)
+            return self._scaled_norm(self._ascent_direction, self._is_perturbed)
         return super()._perturbation_denominator()
 
     @torch.no_grad()

@@ -79,7 +79,10 @@ def training_step(
         logits = model(inputs)
     loss = F.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if sharpness_aware:
+        optimizer.ascent_backward(loss)
+    else:
+        loss.backward()
     correct = (logits.argmax(dim=1) == targets).sum()
     # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
     if not bool(_finite_check(loss, model)):
