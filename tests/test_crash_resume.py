@@ -38,6 +38,8 @@ OPTIMIZERS = {
     "sam": ["optimizer=sam"],
     "ssam_f": ["optimizer=ssam_f", "optimizer.num_samples=8"],
     "ssam_d": ["optimizer=ssam_d"],
+    # fp16's loss scale is part of the state: a resume must continue with the same scale.
+    "sam_fp16": ["optimizer=sam", "trainer.amp=fp16"],
 }
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
 
@@ -92,6 +94,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(optimizer, tmp_pa
             expected["optimizer"]["base_optimizer"]["state"].values(),
         ):
             assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    assert actual["precision"] == expected["precision"]
     if optimizer.startswith("ssam"):
         for mine, theirs in zip(actual["optimizer"]["masks"], expected["optimizer"]["masks"]):
             assert torch.equal(mine, theirs)
@@ -237,3 +240,12 @@ def test_resuming_under_another_learning_rate_names_the_difference(tmp_path):
     result = train(run_dir, ["dataset.train_size=256", "dataset.test_size=128", "epochs=1", "lr=0.5"])
     assert result.returncode == 2
     assert "lr: 0.1 there, 0.5 now" in result.stderr
+
+
+def test_resuming_under_another_precision_names_the_difference(tmp_path):
+    run_dir = tmp_path / "run"
+    small = ["dataset.train_size=256", "dataset.test_size=128", "epochs=1"]
+    train_ok(run_dir, small)
+    result = train(run_dir, [*small, "trainer.amp=bf16"])
+    assert result.returncode == 2
+    assert "trainer.amp: 'none' there, 'bf16' now" in result.stderr

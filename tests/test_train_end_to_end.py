@@ -404,3 +404,27 @@ def test_wandb_logger_writes_an_offline_run_into_the_run_directory(tmp_path):
     assert len(read_jsonl(run_dir / "metrics.jsonl")) == 1
     assert "final_test_acc" in read_json(run_dir / "summary.json")
     assert any(line.startswith("final_test_acc") for line in result.stdout.splitlines())
+
+
+def test_speed_switches_train_and_checkpoint_the_plain_model(tmp_path):
+    run_dir = tmp_path / "fast"
+    overrides = [
+        "dataset.train_size=256",
+        "dataset.test_size=128",
+        "epochs=1",
+        "batch_size=64",
+        *SPARSE["ssam_f"],
+        "optimizer.ascent_fraction=0.5",
+        "optimizer.norm=masked",
+        "trainer.amp=bf16",
+        "trainer.channels_last=true",
+        "trainer.compile=true",
+    ]
+    train_ok(run_dir, overrides)
+    summary = read_json(run_dir / "summary.json")
+    assert summary["final_test_acc"] > 0
+    weights = model_weights(run_dir)
+    assert "conv1.weight" in weights
+    assert not any(key.startswith("_orig_mod") for key in weights)
+    [row] = read_jsonl(run_dir / "metrics.jsonl")
+    assert row["train_loss"] == row["train_loss"]  # not NaN

@@ -115,6 +115,17 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["dataset.train_size=0"], "dataset.train_size must be an integer >= 1"),
         (["trainer.checkpoint_every_steps=-1"], "trainer.checkpoint_every_steps must be an integer >= 0"),
         (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of stop, skip, got 'ignore'"),
+        (["trainer.amp=fp8"], "trainer.amp must be one of none, bf16, fp16, got 'fp8'"),
+        (["trainer.channels_last=yes"], "trainer.channels_last must be true or false, got 'yes'"),
+        (["trainer.compile=1"], "trainer.compile must be true or false, got 1"),
+        (
+            ["optimizer=sam", "optimizer.ascent_fraction=0"],
+            "optimizer.ascent_fraction must be in (0, 1], got 0",
+        ),
+        (
+            ["optimizer=ssam_f", "optimizer.ascent_fraction=1.5"],
+            "optimizer.ascent_fraction must be in (0, 1], got 1.5",
+        ),
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssam.optim import SAM, frozen_batchnorm_stats
+from ssam.train.precision import FLOAT32, Precision
 
 BN_STATS = ("ascent", "descent", "both")
 ON_NONFINITE = ("stop", "skip")
@@ -32,6 +34,7 @@ class NonFiniteError(RuntimeError):
 class StepResult:
     loss: torch.Tensor
     correct: torch.Tensor
+    examples: int  # that the loss and the count of correct predictions are over
     skipped: bool = False
 
 
@@ -46,6 +49,16 @@ def _batchnorm_buffers(model: torch.nn.Module) -> list[torch.Tensor]:
     return [b for m in model.modules() if isinstance(m, _BatchNorm) for b in m.buffers()]
 
 
+def ascent_batch_size(batch_size: int, ascent_fraction: float) -> int:
+    """Examples in the ascent pass: the first ⌈fraction·B⌉ of the batch (at least one)."""
+    return max(1, math.ceil(ascent_fraction * batch_size))
+
+
+def _backward(loss: torch.Tensor, precision: Precision, backward: Callable[[torch.Tensor], None]) -> None:
+    scale = precision.loss_scale
+    backward(loss if scale is None else scale.scaled(loss))
+
+
 def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -54,51 +67,73 @@ def training_step(
     *,
     bn_stats: str = "ascent",
     on_nonfinite: str = "stop",
+    ascent_fraction: float = 1.0,
+    precision: Precision = FLOAT32,
 ) -> StepResult:
     """One optimizer step; returns the loss and the number of correct predictions at w.
 
     For SAM and Sparse SAM: ascent pass at w, climb to w + ε, descent pass there, step.
+    ``ascent_fraction`` < 1 takes the ascent gradient from the first part of the batch only
+    (m-sharpness, Foret et al.); the loss and accuracy returned are then that part's.
     ``bn_stats`` says which pass updates the BatchNorm running statistics (``ascent``, the
     default, or ``descent``; ``both`` lets both do, which the method's spec advises against).
     A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
-    raises NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``).
+    raises NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``). Under fp16
+    a finite loss with an overflowing gradient skips the step and halves the loss scale.
     """
     sharpness_aware = isinstance(optimizer, SAM)
-    saved_stats = [b.clone() for b in _batchnorm_buffers(model)] if on_nonfinite == "skip" else None
+    loss_scale = precision.loss_scale
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_stats = (
+        [b.clone() for b in _batchnorm_buffers(model)] if on_nonfinite == "skip" or loss_scale else None
+    )
+    descent_inputs, descent_targets = inputs, targets
+    if sharpness_aware:
+        size = ascent_batch_size(len(targets), ascent_fraction)
+        inputs, targets = inputs[:size], targets[:size]
 
-    def give_up(pass_name: str, loss: torch.Tensor, correct: torch.Tensor) -> StepResult:
+    def give_up(pass_name: str, pass_loss: torch.Tensor) -> StepResult:
+        """Skip the step (or raise), with weights and BatchNorm statistics as they were."""
         optimizer.zero_grad(set_to_none=True)
-        if on_nonfinite == "stop":
+        # Under fp16 a finite loss whose gradient overflowed is the scale's fault, not the run's.
+        overflowed = loss_scale is not None and bool(torch.isfinite(pass_loss))
+        if loss_scale is not None:
+            loss_scale.update(overflowed=True)
+        if on_nonfinite == "stop" and not overflowed:
             raise NonFiniteError(pass_name)
         with torch.no_grad():
             for buffer, saved in zip(_batchnorm_buffers(model), saved_stats):
                 buffer.copy_(saved)
-        return StepResult(loss.detach(), correct, skipped=True)
+        return StepResult(loss.detach(), correct, len(targets), skipped=True)
 
-    with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext():
+    with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(), precision.autocast():
         logits = model(inputs)
-    loss = F.cross_entropy(logits, targets)
+        loss = F.cross_entropy(logits, targets)
     optimizer.zero_grad(set_to_none=True)
-    if sharpness_aware:
-        optimizer.ascent_backward(loss)
-    else:
-        loss.backward()
+    _backward(loss, precision, optimizer.ascent_backward if sharpness_aware else torch.Tensor.backward)
+    if loss_scale is not None:
+        loss_scale.unscale_(params)
     correct = (logits.argmax(dim=1) == targets).sum()
     # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
     if not bool(_finite_check(loss, model)):
-        return give_up("ascent" if sharpness_aware else "training", loss, correct)
+        return give_up("ascent" if sharpness_aware else "training", loss)
     if sharpness_aware:
         optimizer.first_step(zero_grad=True)
         with frozen_batchnorm_stats(model) if bn_stats == "ascent" else nullcontext():
-            descent_loss = F.cross_entropy(model(inputs), targets)
-            descent_loss.backward()
+            with precision.autocast():
+                descent_loss = F.cross_entropy(model(descent_inputs), descent_targets)
+            _backward(descent_loss, precision, torch.Tensor.backward)
+        if loss_scale is not None:
+            loss_scale.unscale_(params)
         if not bool(_finite_check(descent_loss, model)):
             optimizer.restore_weights()
-            return give_up("descent", loss, correct)
+            return give_up("descent", descent_loss)
         optimizer.second_step(zero_grad=True)
     else:
         optimizer.step()
-    return StepResult(loss.detach(), correct)
+    if loss_scale is not None:
+        loss_scale.update(overflowed=False)
+    return StepResult(loss.detach(), correct, len(targets))
 
 
 @dataclass
@@ -108,7 +143,8 @@ class EpochProgress:
     step: int = 0
     loss_sum: float = 0.0
     correct: int = 0
-    images: int = 0
+    images: int = 0  # that loss_sum and correct are over (the ascent part of each batch)
+    trained_images: int = 0  # in the batches, whole
     skipped_steps: int = 0
     time_s: float = 0.0
     perturbation_norm_sum: float = 0.0
@@ -132,6 +168,16 @@ class EpochProgress:
         return self.perturbation_norm_sum / max(self.step - self.skipped_steps, 1)
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How each training step runs (see training_step)."""
+
+    bn_stats: str = "ascent"
+    on_nonfinite: str = "stop"
+    ascent_fraction: float = 1.0
+    precision: Precision = FLOAT32
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -140,8 +186,8 @@ def train_one_epoch(
     device: torch.device,
     *,
     progress: EpochProgress,
-    bn_stats: str,
-    on_nonfinite: str = "stop",
+    step_options: StepOptions = StepOptions(),
+    memory_format: torch.memory_format = torch.contiguous_format,
     after_step: Callable[[EpochProgress], None] | None = None,
     description: str = "",
     progress_bar: bool = True,
@@ -161,11 +207,9 @@ def train_one_epoch(
     previous_end = time.perf_counter()
     for inputs, targets in bar:
         started = time.perf_counter()
-        inputs = inputs.to(device, non_blocking=True)
+        inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        result = training_step(
-            model, optimizer, inputs, targets, bn_stats=bn_stats, on_nonfinite=on_nonfinite
-        )
+        result = training_step(model, optimizer, inputs, targets, **step_options.__dict__)
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -174,12 +218,13 @@ def train_one_epoch(
         progress.time_s += finished - previous_end  # with the wait for the batch
         progress.step_times_s.append(finished - started)  # the step's compute alone
         previous_end = finished
+        progress.trained_images += len(targets)
         if result.skipped:
             progress.skipped_steps += 1
         else:
-            progress.loss_sum += result.loss.item() * len(targets)
+            progress.loss_sum += result.loss.item() * result.examples
             progress.correct += int(result.correct)
-            progress.images += len(targets)
+            progress.images += result.examples
             if isinstance(optimizer, SAM):
                 progress.perturbation_norm_sum += optimizer.last_perturbation_norm.item()
         if progress.step % 20 == 0:
@@ -191,16 +236,24 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> tuple[float, float]:
+def evaluate(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    *,
+    precision: Precision = FLOAT32,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[float, float]:
     """Mean cross-entropy and accuracy in percent, in eval mode."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.long, device=device)
     count = 0
     for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
-        logits = model(inputs)
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").double()
+        inputs, targets = inputs.to(device, memory_format=memory_format), targets.to(device)
+        with precision.autocast():
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
     return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)

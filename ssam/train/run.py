@@ -28,9 +28,10 @@ from ssam.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
+from ssam.train.loop import EpochProgress, NonFiniteError, StepOptions, evaluate, train_one_epoch
 from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
+from ssam.train.precision import Precision
 from ssam.train.resolvers import IGNORE_SPARSITY, ignored_settings
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
 from ssam.train.schedulers import build_scheduler
@@ -39,6 +40,8 @@ from ssam.train.wandb_sink import WandbSink
 
 # Settings that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name")
+# The trainer settings that do change them (other kernels, other rounding).
+NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -123,8 +126,10 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
     """Every setting that shapes the run's numbers; resuming under other values would mix two
     runs. Settings the optimizer ignores are left out, as they are of its run directory's name."""
     settings = OmegaConf.to_container(cfg, resolve=True)
+    trainer = settings["trainer"]
     for key in RESUMABLE_UNDER_OTHER:
         settings.pop(key, None)
+    settings["trainer"] = {key: trainer[key] for key in NUMERIC_TRAINER_SETTINGS}
     for key in ignored_settings(cfg.optimizer.name):
         settings.pop(key)
     return settings
@@ -141,7 +146,9 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return differences
 
 
-def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[dict, EpochProgress | None]:
+def _resume(
+    cfg, checkpoint_path: Path, model, optimizer, scheduler, precision: Precision
+) -> tuple[dict, EpochProgress | None]:
     """Load ``checkpoint_path`` into the run's objects and RNGs; the run's history so far and
     the totals of the interrupted epoch (None at an epoch boundary)."""
     checkpoint = load_checkpoint(checkpoint_path)
@@ -155,6 +162,7 @@ def _resume(cfg, checkpoint_path: Path, model, optimizer, scheduler) -> tuple[di
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    precision.load_state_dict(checkpoint.get("precision", {}))  # absent before amp existed
     set_rng_state(checkpoint["rng"])
     history = checkpoint["history"]
     saved_progress = checkpoint["epoch_progress"]
@@ -210,13 +218,18 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
     sampler = EpochShuffle(len(train_set), cfg.seed)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = build_model(
         cfg.model.name,
         num_classes=cfg.dataset.num_classes,
         in_channels=cfg.dataset.in_channels,
         image_size=cfg.dataset.image_size,
         **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
-    ).to(device)
+    ).to(device, memory_format=memory_format)
+    # Training and evaluation run the compiled module; checkpoints and the Fisher pass use the
+    # plain one, whose state_dict keys stay those of the model.
+    forward_model = torch.compile(model) if cfg.trainer.compile else model
+    precision = Precision(cfg.trainer.amp, device)
     try:
         optimizer = _build_optimizer(cfg, model, train_set)
     except ValueError as error:  # settings that need the model or data to check
@@ -249,7 +262,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
     epoch_progress = None
     if cfg.resume and checkpoint_path.exists():
-        history, epoch_progress = _resume(cfg, checkpoint_path, model, optimizer, scheduler)
+        history, epoch_progress = _resume(cfg, checkpoint_path, model, optimizer, scheduler, precision)
     summary_path = run_dir / "summary.json"
     if history["epoch"] >= cfg.epochs and summary_path.exists():
         # Finished: its summary stands as written (this process measured nothing).
@@ -278,6 +291,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
+            "precision": precision.state_dict(),
             "rng": rng_state(),
             "history": history,
             "epoch_progress": None if epoch_progress is None else epoch_progress.state_dict(),
@@ -302,7 +316,12 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if every_steps and progress.step % every_steps == 0 and progress.step < steps_per_epoch:
             _checkpoint(checkpoint_path, state(progress))
 
-    bn_stats = cfg.optimizer.get("bn_stats", "ascent")
+    step_options = StepOptions(
+        bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
+        on_nonfinite=cfg.trainer.on_nonfinite,
+        ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
+        precision=precision,
+    )
     for epoch in range(history["epoch"], cfg.epochs):
         if epoch_progress is None:
             epoch_progress = EpochProgress(
@@ -316,14 +335,14 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         sampler.set_epoch(epoch, start=epoch_progress.step * cfg.batch_size)
         try:
             result = train_one_epoch(
-                model,
+                forward_model,
                 optimizer,
                 scheduler,
                 train_loader,
                 device,
                 progress=epoch_progress,
-                bn_stats=bn_stats,
-                on_nonfinite=cfg.trainer.on_nonfinite,
+                step_options=step_options,
+                memory_format=memory_format,
                 after_step=after_step,
                 description=f"epoch {epoch + 1}/{cfg.epochs}",
                 progress_bar=cfg.trainer.progress_bar,
@@ -338,7 +357,9 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 f"{error} at epoch {epoch + 1}, step {epoch_progress.step + 1}. {kept}. "
                 "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
             ) from error
-        test_loss, test_acc = evaluate(model, test_loader, device)
+        test_loss, test_acc = evaluate(
+            forward_model, test_loader, device, precision=precision, memory_format=memory_format
+        )
         record = {
             "epoch": epoch,
             "lr": result.lr_at_start,
@@ -347,7 +368,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "test_loss": test_loss,
             "test_acc": test_acc,
             "epoch_time_s": result.time_s,
-            "images_per_s": result.images / result.time_s,
+            "images_per_s": result.trained_images / result.time_s,
             "skipped_steps": result.skipped_steps,
         }
         if isinstance(optimizer, SAM):

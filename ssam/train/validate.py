@@ -15,6 +15,7 @@ from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
 from ssam.train.loop import BN_STATS, ON_NONFINITE
 from ssam.train.optimizers import OPTIMIZERS, SHARPNESS_AWARE, SPARSE
+from ssam.train.precision import AMP
 from ssam.train.schedulers import SCHEDULERS
 from ssam.train.wandb_sink import WANDB_MODES
 
@@ -36,6 +37,11 @@ def _is_number(value: Any) -> bool:
 def _one_of(key: str, value: Any, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ConfigError(f"{key} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def _boolean(key: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def _positive_int(key: str, value: Any) -> None:
@@ -87,6 +93,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not (_is_int(every_steps) and every_steps >= 0):
         raise ConfigError(f"trainer.checkpoint_every_steps must be an integer >= 0, got {every_steps!r}")
     _one_of("trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
+    _one_of("trainer.amp", cfg.trainer.amp, AMP)
+    _boolean("trainer.channels_last", cfg.trainer.channels_last)
+    _boolean("trainer.compile", cfg.trainer.compile)
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
     if cfg.scheduler.name == "step":
@@ -97,6 +106,10 @@ def validate_config(cfg: DictConfig) -> None:
         if not (_is_number(optimizer.rho) and optimizer.rho >= 0):
             raise ConfigError(f"optimizer.rho must be >= 0, got {optimizer.rho!r}")
         _one_of("optimizer.bn_stats", optimizer.bn_stats, BN_STATS)
+        if not (_is_number(optimizer.ascent_fraction) and 0 < optimizer.ascent_fraction <= 1):
+            raise ConfigError(
+                f"optimizer.ascent_fraction must be in (0, 1], got {optimizer.ascent_fraction!r}"
+            )
     if optimizer.name in SPARSE:
         _in_range("optimizer.sparsity", optimizer.sparsity, 0.0, 1.0, high_open=True)
         _one_of("optimizer.norm", optimizer.norm, NORMS)
