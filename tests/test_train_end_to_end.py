@@ -415,6 +415,7 @@ def test_speed_switches_train_and_checkpoint_the_plain_model(tmp_path):
         "batch_size=64",
         *SPARSE["ssam_f"],
         "optimizer.ascent_fraction=0.5",
+        "optimizer.granularity=tensor",
         "optimizer.norm=masked",
         "trainer.amp=bf16",
         "trainer.channels_last=true",
@@ -428,3 +429,6 @@ def test_speed_switches_train_and_checkpoint_the_plain_model(tmp_path):
     assert not any(key.startswith("_orig_mod") for key in weights)
     [row] = read_jsonl(run_dir / "metrics.jsonl")
     assert row["train_loss"] == row["train_loss"]  # not NaN
+    [update] = read_jsonl(run_dir / "masks.jsonl")
+    assert set(update["layers"].values()) <= {0.0, 1.0}  # whole tensors
+    assert 0 < update["mask_density"] <= 0.5

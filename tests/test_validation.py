@@ -116,6 +116,15 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["trainer.checkpoint_every_steps=-1"], "trainer.checkpoint_every_steps must be an integer >= 0"),
         (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of stop, skip, got 'ignore'"),
         (["trainer.amp=fp8"], "trainer.amp must be one of none, bf16, fp16, got 'fp8'"),
+        (
+            ["optimizer=ssam_f", "optimizer.granularity=channel"],
+            "optimizer.granularity must be one of element, tensor, got 'channel'",
+        ),
+        (
+            ["optimizer=ssam_d", "optimizer.tensor_score=max"],
+            "optimizer.tensor_score must be one of sum, mean, got 'max'",
+        ),
+        (["optimizer=ssam_f", "optimizer.ascent_cost=0"], "optimizer.ascent_cost must be in (0, 1], got 0"),
         (["trainer.channels_last=yes"], "trainer.channels_last must be true or false, got 'yes'"),
         (["trainer.compile=1"], "trainer.compile must be true or false, got 1"),
         (

@@ -5,7 +5,9 @@ Sparsity s is the fraction of False entries; every strategy keeps exactly
 ``active_count(N, s)`` entries on, chosen globally across all parameters.
 
 A strategy is called by ``SSAM`` as ``strategy(params, masks, sparsity, epoch)`` and returns
-the new masks; ``masks`` is None the first time.
+the new masks; ``masks`` is None the first time. Given a ``TensorSelection`` (``selection``), a
+strategy chooses whole tensors by the same scores instead (ssam.optim.tensor_selection), and
+keeps at most N·(1−s) entries on.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from ssam.optim.fisher import LossFn, fisher_scores, resolve_fisher_method
+from ssam.optim.tensor_selection import TensorSelection, masks_of
 
 SCORES = ("gradient", "weight", "random")
 
@@ -87,6 +90,7 @@ class FisherMask:
         loss_fn: LossFn = F.cross_entropy,
         seed: int = 0,
         chunk_size: int = 32,
+        selection: TensorSelection | None = None,
     ) -> None:
         if not (isinstance(num_samples, int) and num_samples >= 1):
             raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
@@ -104,6 +108,7 @@ class FisherMask:
         self.loss_fn = loss_fn
         self.seed = seed
         self.chunk_size = chunk_size
+        self.selection = selection
         self._check_batch_of_one()
 
     def is_due(self, epoch: int) -> bool:
@@ -147,7 +152,11 @@ class FisherMask:
             loss_fn=self.loss_fn,
             chunk_size=self.chunk_size,
         )
-        return global_topk_mask(scores, sparsity)
+        if self.selection is None:
+            return global_topk_mask(scores, sparsity)
+        sizes = [p.numel() for p in params]
+        budget = active_count(sum(sizes), sparsity)
+        return masks_of(self.selection.choose(self.selection.tensor_scores(scores), sizes, budget), params)
 
     def state_dict(self) -> dict:
         return {}
@@ -176,6 +185,7 @@ class DynamicMask:
         drop: str = "gradient",
         growth: str = "random",
         seed: int = 0,
+        selection: TensorSelection | None = None,
     ) -> None:
         if not 0.0 <= drop_rate <= 1.0:
             raise ValueError(f"drop_rate must be in [0, 1], got {drop_rate}")
@@ -190,6 +200,7 @@ class DynamicMask:
         self.update_freq = update_freq
         self.drop = drop
         self.growth = growth
+        self.selection = selection
         self.generator = torch.Generator().manual_seed(seed)
 
     def drop_rate_at(self, epoch: int) -> float:
@@ -208,6 +219,8 @@ class DynamicMask:
         )
 
     def __call__(self, params, masks, sparsity: float, epoch: int) -> list[torch.Tensor]:
+        if self.selection is not None:
+            return self._whole_tensors(params, masks, sparsity, epoch)
         total = sum(p.numel() for p in params)
         active = active_count(total, sparsity)
         if masks is None:
@@ -223,6 +236,37 @@ class DynamicMask:
         keep[dropped] = False
         keep[grown] = True
         return _unflatten(keep, params)
+
+    def _tensor_scores(self, kind: str, params: list[torch.Tensor]) -> list[float]:
+        if kind == "random":
+            return torch.rand(len(params), generator=self.generator).tolist()
+        return self.selection.tensor_scores(
+            torch.split(self._scores(kind, params), [p.numel() for p in params])
+        )
+
+    def _whole_tensors(self, params, masks, sparsity: float, epoch: int) -> list[torch.Tensor]:
+        """The same rule on whole tensors: drop the active tensors with the lowest drop score
+        until d(e)·(active entries) entries are off, then grow by growth score with the
+        selection's rule, up to the budget. Unlike entries, tensors are few and of very
+        different sizes, so growth may pick a tensor just dropped: excluding it could leave
+        nothing that fits and the mask ever sparser."""
+        sizes = [p.numel() for p in params]
+        budget = active_count(sum(sizes), sparsity)
+        if masks is None:
+            return masks_of(
+                self.selection.choose(self._tensor_scores("random", params), sizes, budget), params
+            )
+        active = {i for i, m in enumerate(masks) if bool(m.any())}
+        to_drop = round(self.drop_rate_at(epoch) * sum(sizes[i] for i in active))
+        drop_scores = self._tensor_scores(self.drop, params)
+        dropped: set[int] = set()
+        for i in sorted(active, key=lambda i: (drop_scores[i], i)):
+            if sum(sizes[j] for j in dropped) >= to_drop:
+                break
+            dropped.add(i)
+        growth_scores = self._tensor_scores(self.growth, params)
+        chosen = self.selection.choose(growth_scores, sizes, budget, chosen=active - dropped)
+        return masks_of(chosen, params)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

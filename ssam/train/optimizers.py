@@ -5,12 +5,23 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ssam.optim import SAM, SSAM, DynamicMask, FisherMask
+from ssam.optim import SAM, SSAM, DynamicMask, FisherMask, TensorSelection, estimate_backward_cost
 from ssam.optim.ssam import MaskStrategy
 
 OPTIMIZERS = ("sgd", "sam", "ssam_f", "ssam_d")
 SHARPNESS_AWARE = ("sam", "ssam_f", "ssam_d")
 SPARSE = ("ssam_f", "ssam_d")
+GRANULARITIES = ("element", "tensor")
+
+
+def build_tensor_selection(
+    model: torch.nn.Module, train_set: Dataset, *, tensor_score: str, ascent_cost: float
+) -> TensorSelection:
+    """Whole-tensor selection, with the backward-cost model measured on one training example."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    example = torch.as_tensor(train_set[0][0]).unsqueeze(0).to(params[0].device)
+    cost = estimate_backward_cost(model, params, example)
+    return TensorSelection(reduce=tensor_score, cost=cost, ascent_cost=ascent_cost)
 
 
 def build_mask_strategy(
@@ -26,7 +37,17 @@ def build_mask_strategy(
     drop_rate: float = 0.5,
     drop: str = "gradient",
     growth: str = "random",
+    granularity: str = "element",
+    tensor_score: str = "sum",
+    ascent_cost: float = 0.25,
 ) -> MaskStrategy:
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    selection = None
+    if granularity == "tensor":
+        selection = build_tensor_selection(
+            model, train_set, tensor_score=tensor_score, ascent_cost=ascent_cost
+        )
     if name == "ssam_f":
         return FisherMask(
             model,
@@ -35,6 +56,7 @@ def build_mask_strategy(
             update_freq=update_freq,
             method=fisher_method,
             seed=seed,
+            selection=selection,
         )
     if name == "ssam_d":
         return DynamicMask(
@@ -44,6 +66,7 @@ def build_mask_strategy(
             drop=drop,
             growth=growth,
             seed=seed,
+            selection=selection,
         )
     raise ValueError(f"no mask strategy for optimizer {name!r}; those with one: {', '.join(SPARSE)}")
 

@@ -82,7 +82,16 @@ def _build_optimizer(cfg: DictConfig, model: torch.nn.Module, train_set) -> torc
             update_freq=settings.update_freq,
             **{
                 key: settings[key]
-                for key in ("num_samples", "fisher_method", "drop_rate", "drop", "growth")
+                for key in (
+                    "num_samples",
+                    "fisher_method",
+                    "drop_rate",
+                    "drop",
+                    "growth",
+                    "granularity",
+                    "tensor_score",
+                    "ascent_cost",
+                )
                 if key in settings
             },
         )

@@ -13,8 +13,9 @@ from ssam.models import MODELS
 from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
+from ssam.optim.tensor_selection import TENSOR_SCORES
 from ssam.train.loop import BN_STATS, ON_NONFINITE
-from ssam.train.optimizers import OPTIMIZERS, SHARPNESS_AWARE, SPARSE
+from ssam.train.optimizers import GRANULARITIES, OPTIMIZERS, SHARPNESS_AWARE, SPARSE
 from ssam.train.precision import AMP
 from ssam.train.schedulers import SCHEDULERS
 from ssam.train.wandb_sink import WANDB_MODES
@@ -114,6 +115,10 @@ def validate_config(cfg: DictConfig) -> None:
         _in_range("optimizer.sparsity", optimizer.sparsity, 0.0, 1.0, high_open=True)
         _one_of("optimizer.norm", optimizer.norm, NORMS)
         _positive_int("optimizer.update_freq", optimizer.update_freq)
+        _one_of("optimizer.granularity", optimizer.granularity, GRANULARITIES)
+        _one_of("optimizer.tensor_score", optimizer.tensor_score, TENSOR_SCORES)
+        if not (_is_number(optimizer.ascent_cost) and 0 < optimizer.ascent_cost <= 1):
+            raise ConfigError(f"optimizer.ascent_cost must be in (0, 1], got {optimizer.ascent_cost!r}")
     if optimizer.name == "ssam_f":
         _positive_int("optimizer.num_samples", optimizer.num_samples)
         _one_of("optimizer.fisher_method", optimizer.fisher_method, FISHER_METHODS)
