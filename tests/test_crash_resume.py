@@ -40,6 +40,9 @@ OPTIMIZERS = {
     "ssam_d": ["optimizer=ssam_d"],
     # fp16's loss scale is part of the state: a resume must continue with the same scale.
     "sam_fp16": ["optimizer=sam", "trainer.amp=fp16"],
+    # The whole dataset on the device (here the CPU), augmented there in per-batch-seeded draws;
+    # the Fisher mask still reads its examples from the CPU dataset.
+    "ssam_f_data_on_device": ["optimizer=ssam_f", "optimizer.num_samples=8", "dataset.on_device=true"],
 }
 TIMING_KEYS = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
 

@@ -194,6 +194,19 @@ def test_sparse_runs_record_mask_density_and_updates(trained, optimizer):
     assert summary["final_test_acc"] > 10
 
 
+def test_data_on_the_device_trains_as_well_as_the_cpu_loader(trained):
+    """Same order, same augmentation recipe, other random draws: other numbers, no worse."""
+    run_dir, result = trained("sgd_on_device", [*SGD_RUN[1], "dataset.on_device=true"])
+    cpu_dir, _ = trained(*SGD_RUN)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert [row["epoch"] for row in rows] == [0, 1]
+    summary = read_json(run_dir / "summary.json")
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
+    cpu_accuracy = read_json(cpu_dir / "summary.json")["final_test_acc"]
+    assert abs(summary["final_test_acc"] - cpu_accuracy) < 10, (summary, cpu_accuracy)
+    assert "Traceback" not in result.stderr
+
+
 # 3. Determinism.
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from runs import train
 
 from ssam.train.validate import ConfigError, validate_config
 
@@ -56,6 +57,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         ["scheduler=step", "logger=wandb", "device=cpu"],
         ["rho=0", "sparsity=0", "optimizer=ssam_d", "optimizer.drop_rate=1.0"],
         ["optimizer=ssam_f", "optimizer.num_samples=100", "dataset.train_size=100"],
+        ["dataset.on_device=true"],
     ],
     ids=[
         "defaults",
@@ -65,6 +67,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         "step-wandb-cpu",
         "boundaries",
         "num_samples-equal-train_size",
+        "on_device",
     ],
 )
 def test_valid_config_passes(fake_fashion_mnist_root, overrides):
@@ -137,6 +140,11 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         ),
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
+        (["dataset.on_device=maybe"], "dataset.on_device must be true or false, got 'maybe'"),
+        (
+            ["dataset=imagenet", "dataset.on_device=true"],
+            "dataset.on_device=true works for fashion_mnist, cifar10, cifar100 (held in memory), not imagenet",
+        ),
     ],
     ids=lambda value: " ".join(value) if isinstance(value, list) else None,
 )
@@ -212,3 +220,10 @@ def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path
     assert not (run_dir / "metrics.jsonl").exists()
     assert not (run_dir / "last.pt").exists()
     assert elapsed < 60
+
+
+def test_train_py_refuses_imagenet_on_the_device_with_exit_code_2(tmp_path):
+    result = train(tmp_path / "run", ["dataset=imagenet", "dataset.on_device=true"])
+    assert result.returncode == 2, result.stderr
+    assert "error: dataset.on_device=true works for fashion_mnist, cifar10, cifar100" in result.stderr
+    assert "Traceback" not in result.stderr

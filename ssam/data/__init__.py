@@ -9,12 +9,24 @@ from torch.utils.data import Dataset, Subset
 
 from ssam.data import cifar, fashion_mnist, imagenet
 from ssam.data.errors import DataError
-from ssam.data.tensor_dataset import ImageTensorDataset
+from ssam.data.tensor_dataset import ImageTensorDataset, images_and_labels
 from ssam.data.transforms import imagenet_transform, small_image_transform
 
-__all__ = ["DATASETS", "DataError", "build_datasets", "download", "fixed_subset", "missing_data_message"]
+__all__ = [
+    "DATASETS",
+    "IN_MEMORY_DATASETS",
+    "DataError",
+    "build_datasets",
+    "download",
+    "fixed_subset",
+    "images_and_labels",
+    "missing_data_message",
+]
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
+# Held in memory as one uint8 image tensor (ImageTensorDataset), so they can go on the device
+# whole; ImageNet is read from image files one at a time.
+IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 # Subsets are drawn with this fixed seed, so that every run (any seed) sees the same examples.
 SUBSET_SEED = 0
 

@@ -37,10 +37,13 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
         self.start = start
 
-    def __iter__(self) -> Iterator[int]:
+    def order(self) -> torch.Tensor:
+        """The indices this epoch still has to visit, as one int64 tensor."""
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-        order = torch.randperm(self.num_examples, generator=generator)
-        return iter(order[self.start :].tolist())
+        return torch.randperm(self.num_examples, generator=generator)[self.start :]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.order().tolist())
 
     def __len__(self) -> int:
         return self.num_examples - self.start

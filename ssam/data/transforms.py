@@ -5,12 +5,16 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+# The paper's Cutout: a 16×16 square, applied to half of the images.
+CUTOUT_SIZE = 16
+CUTOUT_P = 0.5
+
 
 class Cutout:
     """Zero a size×size square at a uniformly random centre, clipped at the borders, with
     probability p (DeVries & Taylor, 2017; the paper uses 16×16, p = 0.5)."""
 
-    def __init__(self, size: int = 16, p: float = 0.5) -> None:
+    def __init__(self, size: int = CUTOUT_SIZE, p: float = CUTOUT_P) -> None:
         self.size = size
         self.p = p
 
@@ -44,7 +48,7 @@ def small_image_transform(
         steps.append(v2.RandomHorizontalFlip())
     steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if train and cutout:
-        steps.append(Cutout(16, 0.5))
+        steps.append(Cutout(CUTOUT_SIZE, CUTOUT_P))
     return v2.Compose(steps)
 
 

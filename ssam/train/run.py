@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from ssam import data
 from ssam.data import DataError
+from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.models import build_model
@@ -51,7 +52,8 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+def build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The training and test sets that cfg.dataset describes, fetched first if asked to."""
     dataset = cfg.dataset
     if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
         data.download(dataset.name, dataset.root)
@@ -67,6 +69,45 @@ def _build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.
         hflip=dataset.hflip,
         cutout=dataset.cutout,
     )
+
+
+def build_loaders(
+    cfg: DictConfig,
+    train_set: PerSampleSeeded,
+    test_set: torch.utils.data.Dataset,
+    sampler: EpochShuffle,
+    device: torch.device,
+) -> tuple[DataLoader | DeviceTrainLoader, DataLoader | DeviceEvalLoader]:
+    """Training and test batches: DataLoaders that transform on the CPU, or with
+    dataset.on_device the whole dataset on ``device``, augmented there (trainer.num_workers
+    unused). Either way ``sampler.set_epoch`` chooses the epoch's order and where it starts."""
+    dataset = cfg.dataset
+    if dataset.on_device:
+        normalisation = dict(mean=list(dataset.mean), std=list(dataset.std), device=device)
+        # The stored images, not the per-sample seeded ones: the device loader seeds per batch.
+        train_loader = DeviceTrainLoader(
+            *data.images_and_labels(train_set.dataset),
+            sampler,
+            batch_size=cfg.batch_size,
+            augmentation=Augmentation(dataset.crop_padding, dataset.hflip, dataset.cutout),
+            **normalisation,
+        )
+        test_loader = DeviceEvalLoader(
+            *data.images_and_labels(test_set), batch_size=cfg.trainer.eval_batch_size, **normalisation
+        )
+        return train_loader, test_loader
+    workers = cfg.trainer.num_workers
+    train_loader = DataLoader(
+        train_set,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        # Its own generator, so that starting an epoch's workers leaves the global RNG alone.
+        generator=torch.Generator().manual_seed(cfg.seed),
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    test_loader = DataLoader(test_set, batch_size=cfg.trainer.eval_batch_size, num_workers=workers)
+    return train_loader, test_loader
 
 
 def _build_optimizer(cfg: DictConfig, model: torch.nn.Module, train_set) -> torch.optim.Optimizer:
@@ -219,7 +260,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
 
     try:
-        train_set, test_set = _build_data(cfg)
+        train_set, test_set = build_data(cfg)
     except DataError:
         raise
     except ValueError as error:  # a setting that only the data can check (a subset too large)
@@ -243,17 +284,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         optimizer = _build_optimizer(cfg, model, train_set)
     except ValueError as error:  # settings that need the model or data to check
         raise ConfigError(str(error)) from error
-    workers = cfg.trainer.num_workers
-    train_loader = DataLoader(
-        train_set,
-        batch_size=cfg.batch_size,
-        sampler=sampler,
-        # Its own generator, so that starting an epoch's workers leaves the global RNG alone.
-        generator=torch.Generator().manual_seed(cfg.seed),
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-    )
-    test_loader = DataLoader(test_set, batch_size=cfg.trainer.eval_batch_size, num_workers=workers)
+    train_loader, test_loader = build_loaders(cfg, train_set, test_set, sampler, device)
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     scheduler_settings = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if k != "name"}
     # The schedule drives the base optimizer, whose step() is the one that runs (SAM calls it in

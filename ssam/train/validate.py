@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from ssam.data import DATASETS, missing_data_message
+from ssam.data import DATASETS, IN_MEMORY_DATASETS, missing_data_message
 from ssam.models import MODELS
 from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
@@ -99,6 +99,13 @@ def validate_config(cfg: DictConfig) -> None:
     _boolean("trainer.compile", cfg.trainer.compile)
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
+    if not isinstance(cfg.dataset.on_device, bool):
+        raise ConfigError(f"dataset.on_device must be true or false, got {cfg.dataset.on_device!r}")
+    if cfg.dataset.on_device and cfg.dataset.name not in IN_MEMORY_DATASETS:
+        raise ConfigError(
+            f"dataset.on_device=true works for {', '.join(IN_MEMORY_DATASETS)} (held in memory), "
+            f"not {cfg.dataset.name}, which is read from image files: use dataset.on_device=false"
+        )
     if cfg.scheduler.name == "step":
         _in_range("scheduler.gamma", cfg.scheduler.gamma, 0.0, 1.0)
         for milestone in cfg.scheduler.milestones:
