@@ -101,10 +101,10 @@ def test_selections_respect_both_budgets(seed):
 def test_bad_selection_settings_are_refused():
     with pytest.raises(ValueError, match="tensor_score must be one of sum, mean, got 'max'"):
         TensorSelection(reduce="max")
-    with pytest.raises(ValueError, match=r"ascent_cost must be in \(0, 1\], got 0"):
+    with pytest.raises(ValueError, match=r"ascent_cost must be 'auto' or in \(0, 1\], got 0"):
         TensorSelection(ascent_cost=0)
     with pytest.raises(ValueError, match="needs a BackwardCost"):
-        TensorSelection(ascent_cost=0.5)
+        TensorSelection(ascent_cost="auto")
 
 
 def is_whole_tensors(masks):
@@ -172,3 +172,18 @@ def test_tensor_granularity_at_sparsity_zero_is_sam_bitwise():
     train(model, optimizer, data, epochs=2)
     assert optimizer.mask_density() == 1.0
     assert_bitwise_equal(parameters_of(model), parameters_of(sam_model))
+
+
+@pytest.mark.parametrize("sparsity", [0.5, 0.9])
+def test_automatic_cost_budget_is_half_the_density(sparsity):
+    model = mlp()
+    cost = estimate_backward_cost(model, list(model.parameters()), torch.randn(1, 4))
+    sizes = [p.numel() for p in model.parameters()]
+    scores = [float(i) for i in range(6)]
+    budget = round(sum(sizes) * (1 - sparsity))
+    automatic = TensorSelection(cost=cost, ascent_cost="auto").choose(scores, sizes, budget)
+    explicit = TensorSelection(
+        cost=cost, ascent_cost=(1 - sparsity) / 2 * budget / sum(sizes) / (1 - sparsity)
+    )
+    assert automatic == explicit.choose(scores, sizes, budget)
+    assert cost.of(automatic) <= 0.5 * budget / sum(sizes) * cost.full

@@ -127,7 +127,10 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
             ["optimizer=ssam_d", "optimizer.tensor_score=max"],
             "optimizer.tensor_score must be one of sum, mean, got 'max'",
         ),
-        (["optimizer=ssam_f", "optimizer.ascent_cost=0"], "optimizer.ascent_cost must be in (0, 1], got 0"),
+        (
+            ["optimizer=ssam_f", "optimizer.ascent_cost=0"],
+            "optimizer.ascent_cost must be auto or in (0, 1], got 0",
+        ),
         (["trainer.channels_last=yes"], "trainer.channels_last must be true or false, got 'yes'"),
         (["trainer.compile=1"], "trainer.compile must be true or false, got 1"),
         (

@@ -12,8 +12,9 @@ where cost is the ascent backward's estimated work. The backward's depth is shar
 tensor above it, so the search runs over the depths where the backward could stop: for each,
 the tensors at or above it are taken in score order while they fit both budgets, and the
 depth whose selection holds the most score wins (the shallower one on a tie). ``ascent_cost = 1``
-is a plain fill by score; lower values trade fidelity for speed. Both budgets are ceilings, so
-the density is ≤ 1 − s.
+is a plain fill by score; lower values trade fidelity for speed. ``"auto"`` is half the density,
+(1 − s)/2: the sparser the mask, the cheaper its ascent. Both budgets are ceilings, so the
+density is ≤ 1 − s.
 """
 
 from __future__ import annotations
@@ -29,14 +30,16 @@ class TensorSelection:
     """Chooses whole tensors by score, within a budget of entries and of backward cost."""
 
     def __init__(
-        self, *, reduce: str = "sum", cost: BackwardCost | None = None, ascent_cost: float = 1.0
+        self, *, reduce: str = "sum", cost: BackwardCost | None = None, ascent_cost: float | str = 1.0
     ) -> None:
         if reduce not in TENSOR_SCORES:
             raise ValueError(f"tensor_score must be one of {', '.join(TENSOR_SCORES)}, got {reduce!r}")
-        if not 0.0 < ascent_cost <= 1.0:
-            raise ValueError(f"ascent_cost must be in (0, 1], got {ascent_cost}")
-        if ascent_cost < 1.0 and cost is None:
-            raise ValueError("ascent_cost < 1 needs a BackwardCost (ssam.optim.estimate_backward_cost)")
+        if not (ascent_cost == "auto" or isinstance(ascent_cost, (int, float)) and 0.0 < ascent_cost <= 1.0):
+            raise ValueError(f"ascent_cost must be 'auto' or in (0, 1], got {ascent_cost!r}")
+        if ascent_cost != 1.0 and cost is None:
+            raise ValueError(
+                "ascent_cost other than 1 needs a BackwardCost (ssam.optim.estimate_backward_cost)"
+            )
         self.reduce = reduce
         self.cost = cost
         self.ascent_cost = ascent_cost
@@ -61,27 +64,35 @@ class TensorSelection:
         chosen = set(chosen or ())
         candidates = [i for i in range(len(scores)) if i not in chosen and i not in (excluded or ())]
         candidates.sort(key=lambda i: (-scores[i], i))
-        if self.ascent_cost >= 1.0:
+        limit = 0.5 * budget / sum(sizes) if self.ascent_cost == "auto" else self.ascent_cost
+        if limit >= 1.0:
             return self._fill(chosen, candidates, sizes, budget)
         best, best_score = chosen, sum(scores[i] for i in chosen)
         for depth in sorted({self.cost.position[i] for i in candidates}, reverse=True):
             above = [i for i in candidates if self.cost.position[i] >= depth]
-            selection = self._fill(chosen, above, sizes, budget, depth=depth)
+            selection = self._fill(chosen, above, sizes, budget, limit=limit, depth=depth)
             score = sum(scores[i] for i in selection)
             if score > best_score:
                 best, best_score = selection, score
         return best
 
     def _fill(
-        self, chosen: set[int], ranked: list[int], sizes: list[int], budget: int, depth: int | None = None
+        self,
+        chosen: set[int],
+        ranked: list[int],
+        sizes: list[int],
+        budget: int,
+        *,
+        limit: float = 1.0,
+        depth: int | None = None,
     ) -> set[int]:
         """``chosen`` plus each of ``ranked`` in turn that fits the entries and, with a
-        ``depth``, the cost left once the backward reaches that depth."""
+        ``depth``, the cost (``limit`` of the full backward) left once the backward reaches it."""
         selection = set(chosen)
         room = budget - sum(sizes[i] for i in chosen)
         cost_room = float("inf")
         if depth is not None:
-            cost_room = self.ascent_cost * self.cost.full - self.cost.of(chosen, depth)
+            cost_room = limit * self.cost.full - self.cost.of(chosen, depth)
         for i in ranked:
             weight_grad = self.cost.weight_grad[i] if depth is not None else 0.0
             if sizes[i] <= room and weight_grad <= cost_room:

@@ -15,7 +15,7 @@ GRANULARITIES = ("element", "tensor")
 
 
 def build_tensor_selection(
-    model: torch.nn.Module, train_set: Dataset, *, tensor_score: str, ascent_cost: float
+    model: torch.nn.Module, train_set: Dataset, *, tensor_score: str, ascent_cost: float | str
 ) -> TensorSelection:
     """Whole-tensor selection, with the backward-cost model measured on one training example."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -39,7 +39,7 @@ def build_mask_strategy(
     growth: str = "random",
     granularity: str = "element",
     tensor_score: str = "sum",
-    ascent_cost: float = 0.25,
+    ascent_cost: float | str = "auto",
 ) -> MaskStrategy:
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")

@@ -124,8 +124,9 @@ def validate_config(cfg: DictConfig) -> None:
         _positive_int("optimizer.update_freq", optimizer.update_freq)
         _one_of("optimizer.granularity", optimizer.granularity, GRANULARITIES)
         _one_of("optimizer.tensor_score", optimizer.tensor_score, TENSOR_SCORES)
-        if not (_is_number(optimizer.ascent_cost) and 0 < optimizer.ascent_cost <= 1):
-            raise ConfigError(f"optimizer.ascent_cost must be in (0, 1], got {optimizer.ascent_cost!r}")
+        ascent_cost = optimizer.ascent_cost
+        if not (ascent_cost == "auto" or _is_number(ascent_cost) and 0 < ascent_cost <= 1):
+            raise ConfigError(f"optimizer.ascent_cost must be auto or in (0, 1], got {ascent_cost!r}")
     if optimizer.name == "ssam_f":
         _positive_int("optimizer.num_samples", optimizer.num_samples)
         _one_of("optimizer.fisher_method", optimizer.fisher_method, FISHER_METHODS)
