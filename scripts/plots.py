@@ -18,25 +18,26 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from tables import LABELS, aggregate, collect, mean_std  # noqa: E402
+from tables import LABELS, aggregate, collect, column_label, mean_std  # noqa: E402
 
 
 def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
     figure, axes = plt.subplots(figsize=(6, 4))
     for index, method in enumerate(("sgd", "sam")):
-        if (method, None) in cells:
-            mean, std = mean_std(cells[(method, None)]["final"])
+        if (method, None, "") in cells:
+            mean, std = mean_std(cells[(method, None, "")]["final"])
             color = f"C{index}"
             axes.axhline(mean, color=color, linestyle="--", label=f"{LABELS[method]} ({mean:.2f})")
             axes.axhspan(mean - std, mean + std, color=color, alpha=0.15)
-    for index, method in enumerate(("ssam_f", "ssam_d"), start=2):
-        points = sorted((key[1], stats) for key, stats in cells.items() if key[0] == method)
-        if points:
-            sparsities = [s for s, _ in points]
-            means, stds = zip(*(mean_std(stats["final"]) for _, stats in points))
-            axes.errorbar(
-                sparsities, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=LABELS[method]
-            )
+    lines = sorted({(key[0], key[2]) for key in cells if key[0] in ("ssam_f", "ssam_d")})
+    for index, (method, variant) in enumerate(lines, start=2):
+        points = sorted(
+            (key[1], stats) for key, stats in cells.items() if (key[0], key[2]) == (method, variant)
+        )
+        sparsities = [s for s, _ in points]
+        means, stds = zip(*(mean_std(stats["final"]) for _, stats in points))
+        label = LABELS[method] + (f" ({variant})" if variant else "")
+        axes.errorbar(sparsities, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=label)
     axes.set_xlabel("sparsity (fraction of weights not perturbed)")
     axes.set_ylabel("final test accuracy (%)")
     axes.set_title(title)
@@ -53,7 +54,7 @@ def plot_accuracy_vs_time(cells: dict, title: str, path: Path) -> None:
             if key[0] != method or stats["time_vs_sgd"] is None:
                 continue
             mean, std = mean_std(stats["final"])
-            label = LABELS[method] + ("" if key[1] is None else f" s={key[1]:g}")
+            label = column_label(key)
             axes.errorbar(stats["time_vs_sgd"], mean, yerr=std, marker="o", capsize=3, color=f"C{index}")
             axes.annotate(
                 label, (stats["time_vs_sgd"], mean), textcoords="offset points", xytext=(4, 4), fontsize=7

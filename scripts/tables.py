@@ -2,7 +2,8 @@
 
     python scripts/tables.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_table.md --csv docs/fmnist.csv
 
-Rows are dataset / model; columns SGD, SAM, then SSAM-F and SSAM-D at each sparsity found.
+Rows are dataset / model; columns SGD, SAM, then SSAM-F and SSAM-D at each sparsity found,
+and apart from the paper's element-wise masks, each other mask granularity and normalisation.
 Cells are the mean ± sample std over seeds, with the number of runs; runs that share a
 seed (a sweep over another setting under the same root) are flagged, not silently pooled. Three tables: final test
 accuracy, best test accuracy over epochs, and training time per epoch relative to SGD. A
@@ -36,13 +37,21 @@ def collect(root: Path) -> tuple[list[dict], list[Path]]:
     return summaries, unfinished
 
 
-def column(summary: dict) -> tuple[str, float | None]:
-    return summary["optimizer"], summary["sparsity"]
+def column(summary: dict) -> tuple[str, float | None, str]:
+    """(optimizer, sparsity, variant); the variant names what differs from the paper's mask
+    (older summaries, from before granularity existed, are the paper's)."""
+    variant = []
+    if summary.get("granularity", "element") not in ("element", None):
+        variant.append(summary["granularity"])
+    if summary.get("norm", "full") not in ("full", None):
+        variant.append(f"{summary['norm']} norm")
+    return summary["optimizer"], summary["sparsity"], ", ".join(variant)
 
 
-def column_label(key: tuple[str, float | None]) -> str:
-    optimizer, sparsity = key
-    return LABELS.get(optimizer, optimizer) + ("" if sparsity is None else f" s={sparsity:g}")
+def column_label(key: tuple[str, float | None, str]) -> str:
+    optimizer, sparsity, variant = key
+    label = LABELS.get(optimizer, optimizer) + (f" ({variant})" if variant else "")
+    return label + ("" if sparsity is None else f" s={sparsity:g}")
 
 
 def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]:
@@ -64,7 +73,7 @@ def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]
                 "best": [run["best_test_acc"] for run in runs],
                 "time_per_epoch_s": statistics.median(per_epoch),
             }
-        sgd = table[row].get(("sgd", None))
+        sgd = table[row].get(("sgd", None, ""))
         for stats in table[row].values():
             stats["time_vs_sgd"] = stats["time_per_epoch_s"] / sgd["time_per_epoch_s"] if sgd else None
     return table
@@ -76,7 +85,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _columns(table) -> list[tuple]:
     keys = {key for cells in table.values() for key in cells}
-    return sorted(keys, key=lambda k: (METHOD_ORDER.get(k[0], 9), -1 if k[1] is None else k[1]))
+    return sorted(keys, key=lambda k: (METHOD_ORDER.get(k[0], 9), k[2], -1 if k[1] is None else k[1]))
 
 
 def markdown(table, unfinished: list[Path]) -> str:
@@ -120,7 +129,7 @@ def markdown(table, unfinished: list[Path]) -> str:
 
 def write_csv(table, path: Path) -> None:
     fields = [
-        "dataset", "model", "optimizer", "sparsity", "runs", "final_mean", "final_std",
+        "dataset", "model", "optimizer", "sparsity", "variant", "runs", "final_mean", "final_std",
         "best_mean", "best_std", "time_per_epoch_s", "time_vs_sgd",
     ]  # fmt: skip
     with open(path, "w", newline="") as f:
@@ -137,6 +146,7 @@ def write_csv(table, path: Path) -> None:
                         "model": model,
                         "optimizer": key[0],
                         "sparsity": "" if key[1] is None else key[1],
+                        "variant": key[2],
                         "runs": stats["runs"],
                         "final_mean": round(final_mean, 4),
                         "final_std": round(final_std, 4),

@@ -89,3 +89,13 @@ def test_runs_that_share_a_seed_are_flagged_as_mixed_settings(tmp_path):
     write_run(tmp_path / "b", summary("sam", None, 0, 80.0, 80.0, 20.0))
     result = run_script("scripts/tables.py", str(tmp_path))
     assert "| fashion_mnist / compact_resnet | 85.00 ± 7.07 (n=2) ‡ |" in result.stdout.splitlines()
+
+
+def test_other_granularities_and_norms_get_their_own_columns(tmp_path):
+    write_run(tmp_path / "paper", summary("ssam_f", 0.5, 0, 90.0, 90.0, 20.0))
+    tensor = {**summary("ssam_f", 0.5, 0, 80.0, 80.0, 15.0), "granularity": "tensor", "norm": "masked"}
+    write_run(tmp_path / "tensor", tensor)
+    result = run_script("scripts/tables.py", str(tmp_path))
+    assert "| dataset / model | SSAM-F s=0.5 | SSAM-F (tensor, masked norm) s=0.5 |" in result.stdout
+    assert "‡" not in result.stdout.split("⚠ fewer")[0]
+    run_script("scripts/plots.py", str(tmp_path), "--out", str(tmp_path / "figures"))

@@ -453,6 +453,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "device": device_name(device),
     }
     if sparse:
+        summary["granularity"] = cfg.optimizer.granularity
+        summary["norm"] = cfg.optimizer.norm
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
     write_json(summary_path, summary)
