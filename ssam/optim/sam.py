@@ -74,9 +74,8 @@ class SAM(Optimizer):
         if params:
             loss.backward(inputs=params)
 
-    def _ascent_direction(self, param: torch.Tensor) -> torch.Tensor:
-        """The gradient that ε follows; Sparse SAM masks it."""
-        return param.grad
+    def _restrict_(self, perturbation: torch.Tensor, param: torch.Tensor) -> None:
+        """Zero, in place, the entries of ``param``'s ε that must stay unperturbed (Sparse SAM)."""
 
     def _is_perturbed(self, param: torch.Tensor) -> bool:
         """Whether ε can be non-zero on ``param``; Sparse SAM leaves out fully masked tensors."""
@@ -115,8 +114,12 @@ class SAM(Optimizer):
                 if not self._is_perturbed(p):
                     continue
                 self._remember_origin(p)
-                e_w = (torch.pow(p, 2) if group["adaptive"] else 1.0) * self._ascent_direction(p)
-                e_w = e_w * scale.to(p)
+                # ε = ρ·T_w²·g/‖·‖ in one new buffer: this runs over every weight at every step.
+                if group["adaptive"]:
+                    e_w = torch.pow(p, 2).mul_(p.grad).mul_(scale.to(p))
+                else:
+                    e_w = p.grad * scale.to(p)
+                self._restrict_(e_w, p)
                 p.add_(e_w)
                 perturbation_norms.append(e_w.norm(p=2))
         if perturbation_norms:

@@ -128,15 +128,18 @@ class SSAM(SAM):
             return super().ascent_parameters()
         return [p for p in super().ascent_parameters() if p in self._active]
 
-    def _ascent_direction(self, param: torch.Tensor) -> torch.Tensor:
+    def _masked_gradient(self, param: torch.Tensor) -> torch.Tensor:
         return param.grad * self._mask_of[param]
+
+    def _restrict_(self, perturbation: torch.Tensor, param: torch.Tensor) -> None:
+        perturbation.mul_(self._mask_of[param])
 
     def _is_perturbed(self, param: torch.Tensor) -> bool:
         return param.grad is not None and param in self._active
 
     def _perturbation_denominator(self) -> torch.Tensor:
         if self.norm == "masked":
-            return self._scaled_norm(self._ascent_direction, self._is_perturbed)
+            return self._scaled_norm(self._masked_gradient, self._is_perturbed)
         return super()._perturbation_denominator()
 
     @torch.no_grad()
