@@ -445,3 +445,15 @@ def test_speed_switches_train_and_checkpoint_the_plain_model(tmp_path):
     [update] = read_jsonl(run_dir / "masks.jsonl")
     assert set(update["layers"].values()) <= {0.0, 1.0}  # whole tensors
     assert 0 < update["mask_density"] <= 0.5
+
+
+def test_tensor_granularity_with_the_full_norm_says_it_saves_no_time(tmp_path):
+    overrides = [
+        "dataset.train_size=128",
+        "dataset.test_size=64",
+        "batch_size=64",
+        *SPARSE["ssam_f"],
+        "optimizer.granularity=tensor",
+    ]
+    result = train_ok(tmp_path / "run", overrides)
+    assert "granularity=tensor saves no time; optimizer.norm=masked does" in result.stdout

@@ -248,6 +248,15 @@ def _checkpoint(path: Path, state: dict[str, Any]) -> None:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary."""
     validate_config(cfg)
+    if (
+        cfg.optimizer.name in SPARSE
+        and cfg.optimizer.granularity == "tensor"
+        and cfg.optimizer.norm == "full"
+    ):
+        print(
+            "note: optimizer.norm=full divides ρ by the norm of every weight's gradient, so the ascent "
+            "still computes them all and granularity=tensor saves no time; optimizer.norm=masked does"
+        )
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive_run_directory(run_dir):
