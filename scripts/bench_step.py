@@ -3,14 +3,17 @@
     python scripts/bench_step.py                       # CIFAR ResNet-18, batch 64, both granularities
     python scripts/bench_step.py --sparsity 0.5 0.9 --repeats 7 --json docs/bench_step_cpu.json
     python scripts/bench_step.py --device cuda --amp bf16 --channels-last
+    python scripts/bench_step.py --sparsity 0.5 --granularity tensor --ascent-cost 1 0.5 auto 0.1
 
 Every optimizer steps on the same batch with its own copy of the model; the optimizers take
 turns (interleaved) so that drifts in machine speed hit all of them alike. Sparse SAM runs at
 each sparsity with the element-wise mask (the paper's, ``--element-norm``, default full) and
 with the tensor-granular, cost-aware one (norm masked, which is what lets the ascent skip
-gradients; ``--ascent-cost``). The masks are built before timing (refreshes are timed by
-bench_mask.py). Reported per optimizer: the median step time and its ratio to SGD and to SAM;
-the mask density and the ascent's estimated backward cost (share of a full backward); the
+gradients; ``--ascent-cost``, one row per value). The masks are built before timing (refreshes
+are timed by bench_mask.py). Reported per optimizer: the median step time and its ratio to SGD
+and to SAM; the mask density, the share of the total Fisher score the mask holds (SSAM-F: how
+much of the paper's choice a coarser one keeps) and the ascent's estimated backward cost (share
+of a full backward); the
 bytes per parameter its state keeps between steps (momentum, the copy of w, the mask); and on
 CUDA the memory one step needs above what is already resident.
 """
@@ -28,21 +31,24 @@ from torch.utils.data import TensorDataset
 
 from ssam.devices import device_name
 from ssam.models import build_model
-from ssam.optim import SAM, SSAM
+from ssam.optim import SAM, SSAM, fisher_scores
 from ssam.train.loop import training_step
 from ssam.train.optimizers import build_mask_strategy, build_optimizer, build_tensor_selection
 from ssam.train.precision import AMP, Precision
 
 
-def sparse_variants(sparsities, granularities, element_norm):
-    """(label, optimizer name, sparsity, granularity, norm) of each Sparse SAM variant."""
-    norms = {"element": element_norm, "tensor": "masked"}
-    return [
-        (f"{name} {granularity} s={sparsity}", name, sparsity, granularity, norms[granularity])
-        for granularity in granularities
-        for sparsity in sparsities
-        for name in ("ssam_f", "ssam_d")
-    ]
+def sparse_variants(args):
+    """(label, optimizer name, sparsity, granularity, norm, ascent cost) of each Sparse SAM variant."""
+    variants = []
+    for granularity in args.granularity:
+        costs = args.ascent_cost if granularity == "tensor" else [1.0]
+        norm = "masked" if granularity == "tensor" else args.element_norm
+        for cost in costs:
+            for sparsity in args.sparsity:
+                for name in ("ssam_f", "ssam_d"):
+                    label = f"{name} {granularity} s={sparsity}" + (f" cost={cost}" if len(costs) > 1 else "")
+                    variants.append((label, name, sparsity, granularity, norm, cost))
+    return variants
 
 
 def make_optimizers(model, dataset, args):
@@ -51,9 +57,7 @@ def make_optimizers(model, dataset, args):
     for name in ("sgd", "sam"):
         replica = copy.deepcopy(model)
         entries.append((name, replica, build_optimizer(name, replica, lr=0.01, rho=args.rho)))
-    for label, name, sparsity, granularity, norm in sparse_variants(
-        args.sparsity, args.granularity, args.element_norm
-    ):
+    for label, name, sparsity, granularity, norm, cost in sparse_variants(args):
         replica = copy.deepcopy(model)
         strategy = build_mask_strategy(
             name,
@@ -64,7 +68,7 @@ def make_optimizers(model, dataset, args):
             update_freq=1,
             num_samples=min(16, len(dataset)),
             granularity=granularity,
-            ascent_cost=args.ascent_cost,
+            ascent_cost=cost,
         )
         optimizer = build_optimizer(
             name, replica, lr=0.01, rho=args.rho, sparsity=sparsity, norm=norm, mask_strategy=strategy
@@ -96,6 +100,24 @@ def ascent_cost_share(optimizer: torch.optim.Optimizer, model: torch.nn.Module, 
     return cost.of(chosen) / cost.full
 
 
+def initial_fisher_scores(model: torch.nn.Module, dataset) -> list[torch.Tensor]:
+    """The Fisher scores SSAM-F's first mask is built from (same samples, same weights)."""
+    strategy = build_mask_strategy("ssam_f", model, dataset, epochs=10, seed=0, update_freq=1, num_samples=16)
+    params = [p for p in model.parameters() if p.requires_grad]
+    inputs, targets = strategy.samples(0, params[0].device)
+    return fisher_scores(model, params, inputs, targets, method=strategy.method)
+
+
+def fisher_share(optimizer: torch.optim.Optimizer, scores: list[torch.Tensor]) -> float:
+    """Share of the total Fisher score on the weights the mask perturbs (1 for SAM)."""
+    if not isinstance(optimizer, SAM):
+        return float("nan")
+    if not isinstance(optimizer, SSAM):
+        return 1.0
+    held = sum(float((s * m).sum()) for s, m in zip(scores, optimizer.masks))
+    return held / sum(float(s.sum()) for s in scores)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,8 +137,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--ascent-cost",
         type=lambda value: value if value == "auto" else float(value),
-        default="auto",
-        help="tensor granularity's cost budget: auto ((1 - s)/2) or a share in (0, 1]",
+        nargs="+",
+        default=["auto"],
+        help="tensor granularity's cost budgets: auto ((1 - s)/2) or shares in (0, 1]",
     )
     parser.add_argument(
         "--ascent-fraction", type=float, default=1.0, help="m-sharpness: ascent on this share"
@@ -143,6 +166,7 @@ def main() -> None:
     targets = torch.randint(0, 10, (args.batch_size,), device=device)
     dataset = TensorDataset(inputs.cpu(), targets.cpu())
     entries = make_optimizers(model, dataset, args)
+    fisher = initial_fisher_scores(model, dataset)
 
     def step(replica, optimizer):
         training_step(
@@ -173,6 +197,7 @@ def main() -> None:
 
     medians = {label: statistics.median(values) for label, values in times.items()}
     density = {label: opt.mask_density() if isinstance(opt, SSAM) else 1.0 for label, _, opt in entries}
+    held = {label: fisher_share(opt, fisher) for label, _, opt in entries}
     ascent_cost = {label: ascent_cost_share(opt, replica, dataset) for label, replica, opt in entries}
     state_bytes = {label: state_bytes_per_parameter(opt) for label, _, opt in entries}
     name = device_name(device)
@@ -182,13 +207,13 @@ def main() -> None:
         f"ascent_fraction {args.ascent_fraction}, element norm {args.element_norm}, tensor norm masked "
         f"with ascent_cost {args.ascent_cost}; median of {args.repeats} (after {args.warmup} warm-up)"
     )
-    header = "| optimizer | step (s) | / SGD | / SAM | density | ascent cost (est.) | state B/param |"
+    header = "| optimizer | step (s) | / SGD | / SAM | density | Fisher held | ascent cost (est.) | state B/param |"
     print(header + (" step peak MiB above resident |" if peak_mb else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if peak_mb else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if peak_mb else ""))
     for label, median in medians.items():
         row = (
-            f"| {label} | {median:.3f} | {median / medians['sgd']:.2f} | {median / medians['sam']:.2f} "
-            f"| {density[label]:.3f} | {ascent_cost[label]:.2f} | {state_bytes[label]:.2f} |"
+            f"| {label} | {median:.3f} | {median / medians['sgd']:.3f} | {median / medians['sam']:.3f} "
+            f"| {density[label]:.3f} | {held[label]:.3f} | {ascent_cost[label]:.2f} | {state_bytes[label]:.2f} |"
         )
         print(row + (f" {peak_mb[label]:.0f} |" if peak_mb else ""))
     if args.json:
@@ -201,6 +226,7 @@ def main() -> None:
             "median_s": medians,
             "runs_s": times,
             "mask_density": density,
+            "fisher_share": held,
             "ascent_cost_share": ascent_cost,
             "state_bytes_per_param": state_bytes,
             "peak_memory_mib": peak_mb or None,
