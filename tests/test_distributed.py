@@ -273,3 +273,30 @@ def test_a_mid_epoch_checkpoint_does_not_resume_on_another_number_of_processes(t
     result = train(run_dir, overrides, processes=PROCESSES)
     assert result.returncode != 0
     assert "written by 1 process, and this run has 2 processes: resume it on 1 process" in result.stderr
+
+
+# 6. The SLURM route: the Hydra submitit launcher, one task per GPU, each task one process.
+
+
+def test_the_slurm_launcher_starts_one_task_per_gpu():
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4"],
+            return_hydra_config=True,
+        )
+    assert cfg.hydra.launcher.tasks_per_node == 4
+
+
+def test_a_submitit_job_of_two_tasks_trains_as_two_processes(tmp_path):
+    """submitit's local executor stands in for SLURM: the same job environment, on this machine."""
+    sweep = tmp_path / "sweep"
+    launcher = [
+        "-m",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    train_ok(tmp_path / "unused", [*launcher, *TINY, "optimizer=sam"])
+    (summary,) = [read_json(path) for path in sweep.glob("*/summary.json")]
+    assert summary["world_size"] == 2

@@ -1,5 +1,5 @@
 """Data-parallel training: one process per device, each with a whole replica of the model and its
-own share of every batch, started by torchrun.
+own share of every batch, started by torchrun (or by the SLURM launcher, one task per GPU).
 
 The replicas stay bit-identical: they start from rank 0's weights, every gradient that moves the
 weights is averaged over the processes, BatchNorm statistics are averaged whenever they are read,
@@ -186,6 +186,19 @@ class MasksFromMain:
         self.strategy.load_state_dict(state)
 
 
+def _export_submitit_environment() -> None:
+    """Under the Hydra submitit launcher every task is one process of the job: give it the
+    variables torchrun would (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT)."""
+    if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    environment = TorchDistributedEnvironment()
+    if environment.world_size > 1:
+        # CUDA_VISIBLE_DEVICES stays as SLURM set it: _process_device picks this task's GPU.
+        environment.export(set_cuda_visible_devices=False)
+
+
 def _process_device(setting: str) -> torch.device:
     device = resolve_device(setting)
     if device.type != "cuda":
@@ -200,11 +213,12 @@ def join_processes(device_setting: str) -> Replicas:
     """This process's place in the run, joining the other processes on first use.
 
     The processes are those of a process group already started (by a test, a notebook), or
-    torchrun's (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in the environment); without
-    either, a lone process. A group this starts (gloo on the CPU, nccl
+    torchrun's (RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous in the environment), or a
+    submitit job's tasks; without any, a lone process. A group this starts (gloo on the CPU, nccl
     on GPUs) stays up until the process exits, so that several runs in one process (a Hydra
     multirun) share it.
     """
+    _export_submitit_environment()
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", 1)) == 1:
         return Replicas(device=resolve_device(device_setting))
     device = _process_device(device_setting)
