@@ -3,6 +3,7 @@
 python train.py                                   # Fashion-MNIST, compact ResNet, SGD
 python train.py optimizer=ssam_f sparsity=0.5     # Sparse SAM with the Fisher mask
 python train.py -m optimizer=sam,ssam_f seed=1,2  # a sweep
+torchrun --nproc_per_node=4 train.py optimizer=sam  # data-parallel on 4 GPUs (README: multi-node)
 """
 
 import sys
@@ -15,6 +16,7 @@ from omegaconf import DictConfig
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
 from ssam.data import DataError
 from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
+from ssam.train.distributed import hydra_overrides_for_this_process
 from ssam.train.overrides import unknown_key_message
 from ssam.train.run import TrainingStopped, run
 from ssam.train.validate import ConfigError
@@ -41,4 +43,5 @@ if __name__ == "__main__":
     if message is not None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    sys.argv += hydra_overrides_for_this_process()
     main()

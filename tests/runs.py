@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
+TIMING_KEYS = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
 
 
 def run_env(**changes: str | None) -> dict[str, str]:
@@ -42,9 +45,27 @@ def train_command(run_dir: Path, overrides: list[str]) -> list[str]:
     ]
 
 
-def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None):
+def torchrun_command(run_dir: Path, overrides: list[str], processes: int) -> list[str]:
+    """train.py as ``processes`` data-parallel processes on this machine (torchrun, gloo)."""
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={processes}",
+    ]
+    return [*launcher, *train_command(run_dir, overrides)[1:]]
+
+
+def command(run_dir: Path, overrides: list[str], processes: int = 1) -> list[str]:
+    if processes == 1:
+        return train_command(run_dir, overrides)
+    return torchrun_command(run_dir, overrides, processes)
+
+
+def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None, *, processes: int = 1):
     return subprocess.run(
-        train_command(run_dir, overrides),
+        command(run_dir, overrides, processes),
         cwd=REPO,
         env=env or run_env(),
         capture_output=True,
@@ -53,10 +74,37 @@ def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None
     )
 
 
-def train_ok(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None):
-    result = train(run_dir, overrides, env)
+def train_ok(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None, *, processes: int = 1):
+    result = train(run_dir, overrides, env, processes=processes)
     assert result.returncode == 0, f"train.py failed:\n{result.stdout}\n{result.stderr}"
     return result
+
+
+def kill_after_checkpoints(run_dir: Path, overrides: list[str], writes: int, *, processes: int = 1) -> None:
+    """Run train.py and stop it once last.pt has been (re)written ``writes`` times: SIGKILL for
+    one process (a crash); for several, SIGTERM to torchrun, which ends its workers with it (a
+    preemption; they run in sessions of their own, so a SIGKILL would leave them training)."""
+    checkpoint = run_dir / "last.pt"
+    run_dir.mkdir(parents=True)
+    process = subprocess.Popen(
+        command(run_dir, overrides, processes),
+        cwd=REPO,
+        env=run_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen, last_stamp = 0, None
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while process.poll() is None and time.monotonic() < deadline and seen < writes:
+            if checkpoint.exists():
+                stamp = checkpoint.stat().st_mtime_ns
+                if stamp != last_stamp:
+                    seen, last_stamp = seen + 1, stamp
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL if processes == 1 else signal.SIGTERM)
+    finally:
+        process.wait()
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -65,6 +113,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+def comparable(rows: list[dict]) -> list[dict]:
+    """Metric rows without the times, which differ from run to run."""
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -7,15 +7,11 @@ from __future__ import annotations
 import errno
 import pickle
 import random
-import signal
-import subprocess
-import time
-from pathlib import Path
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from runs import REPO, TIMEOUT_S, read_json, read_jsonl, run_env, train, train_command, train_ok
+from runs import REPO, comparable, kill_after_checkpoints, read_json, read_jsonl, train, train_ok
 
 import ssam.train.checkpoint as checkpoint_module
 from ssam.data import missing_data_message
@@ -44,36 +40,6 @@ OPTIMIZERS = {
     # the Fisher mask still reads its examples from the CPU dataset.
     "ssam_f_data_on_device": ["optimizer=ssam_f", "optimizer.num_samples=8", "dataset.on_device=true"],
 }
-TIMING_KEYS = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
-
-
-def kill_after_checkpoints(run_dir: Path, overrides: list[str], writes: int) -> None:
-    """Run train.py and SIGKILL it once last.pt has been (re)written ``writes`` times."""
-    checkpoint = run_dir / "last.pt"
-    run_dir.mkdir(parents=True)
-    process = subprocess.Popen(
-        train_command(run_dir, overrides),
-        cwd=REPO,
-        env=run_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    seen, last_stamp = 0, None
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while process.poll() is None and time.monotonic() < deadline and seen < writes:
-            if checkpoint.exists():
-                stamp = checkpoint.stat().st_mtime_ns
-                if stamp != last_stamp:
-                    seen, last_stamp = seen + 1, stamp
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-    finally:
-        process.wait()
-
-
-def comparable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))

@@ -58,6 +58,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         ["rho=0", "sparsity=0", "optimizer=ssam_d", "optimizer.drop_rate=1.0"],
         ["optimizer=ssam_f", "optimizer.num_samples=100", "dataset.train_size=100"],
         ["dataset.on_device=true"],
+        ["optimizer=ssam_d", "optimizer.perturbation=local"],
     ],
     ids=[
         "defaults",
@@ -68,6 +69,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         "boundaries",
         "num_samples-equal-train_size",
         "on_device",
+        "local-perturbation",
     ],
 )
 def test_valid_config_passes(fake_fashion_mnist_root, overrides):
@@ -133,6 +135,11 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         ),
         (["trainer.channels_last=yes"], "trainer.channels_last must be true or false, got 'yes'"),
         (["trainer.compile=1"], "trainer.compile must be true or false, got 1"),
+        (["trainer.sync_batchnorm=1"], "trainer.sync_batchnorm must be true or false, got 1"),
+        (
+            ["optimizer=sam", "optimizer.perturbation=mean"],
+            "optimizer.perturbation must be one of global, local, got 'mean'",
+        ),
         (
             ["optimizer=sam", "optimizer.ascent_fraction=0"],
             "optimizer.ascent_fraction must be in (0, 1], got 0",
@@ -168,6 +175,20 @@ def test_negative_optimizer_rho_override_is_rejected(fake_fashion_mnist_root):
 def test_device_cuda_without_cuda_is_rejected(fake_fashion_mnist_root):
     with pytest.raises(ConfigError, match="device=cuda but no CUDA device is available"):
         validate_config(_config(fake_fashion_mnist_root, ["device=cuda"]))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_sync_batchnorm_on_the_cpu_is_rejected(fake_fashion_mnist_root):
+    with pytest.raises(ConfigError, match="trainer.sync_batchnorm=true needs GPUs"):
+        validate_config(_config(fake_fashion_mnist_root, ["trainer.sync_batchnorm=true"]))
+
+
+def test_sync_batchnorm_with_the_fisher_mask_needs_the_loop_method(fake_fashion_mnist_root, monkeypatch):
+    monkeypatch.setattr("ssam.train.validate.resolve_device", lambda setting: torch.device("cuda"))
+    synced = ["optimizer=ssam_f", "trainer.sync_batchnorm=true"]
+    with pytest.raises(ConfigError, match="needs optimizer.fisher_method=loop .*got 'auto'"):
+        validate_config(_config(fake_fashion_mnist_root, synced))
+    validate_config(_config(fake_fashion_mnist_root, [*synced, "optimizer.fisher_method=loop"]))
 
 
 def test_config_error_is_a_value_error():

@@ -143,7 +143,9 @@ class DeviceTrainLoader:
             raise ValueError(f"the sampler starts at example {start}, not at a batch of {self.batch_size}")
         order = self.sampler.order().to(self.images.device)
         for batch_index, indices in enumerate(order.split(self.batch_size), start=start // self.batch_size):
-            self.generator.manual_seed(mixed_seed(self.sampler.seed, self.sampler.epoch, batch_index))
+            # The rank too: each data-parallel process augments its own examples differently.
+            seed = mixed_seed(self.sampler.seed, self.sampler.epoch, batch_index, self.sampler.rank)
+            self.generator.manual_seed(seed)
             yield self._augmented(self.images[indices]), self.labels[indices]
 
     def _augmented(self, images: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ however many loader workers there are before and after.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -24,29 +25,58 @@ def mixed_seed(*parts: int) -> int:
 
 
 class EpochShuffle(Sampler[int]):
-    """A fresh permutation each epoch, drawn from a generator seeded by (seed, epoch);
-    ``start`` skips the first examples of the epoch (for a resume in the middle of it)."""
+    """A fresh permutation each epoch, drawn from a generator seeded by (seed, epoch); ``start``
+    skips the first examples of this process's share (for a resume in the middle of the epoch).
 
-    def __init__(self, num_examples: int, seed: int) -> None:
+    With ``world_size`` processes, each step's global batch, ``world_size × batch_size``
+    consecutive positions of the permutation, is cut into one block per process and rank r takes
+    the r-th: W processes with batch B see, step by step, the examples one process with batch
+    W·B sees. An epoch that does not divide by W is padded with the permutation's first examples,
+    and its last global batch is split evenly, so every process takes the same steps with
+    batches of the same size (data-parallel steps must not wait on a missing batch).
+    """
+
+    def __init__(
+        self, num_examples: int, seed: int, *, rank: int = 0, world_size: int = 1, batch_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.num_examples = num_examples
         self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
+
+    @property
+    def examples_per_process(self) -> int:
+        return math.ceil(self.num_examples / self.world_size)
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch = epoch
         self.start = start
 
     def order(self) -> torch.Tensor:
-        """The indices this epoch still has to visit, as one int64 tensor."""
+        """The indices this process still has to visit this epoch, as one int64 tensor."""
         generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-        return torch.randperm(self.num_examples, generator=generator)[self.start :]
+        return self._share(torch.randperm(self.num_examples, generator=generator))[self.start :]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())
 
+    def _share(self, order: torch.Tensor) -> torch.Tensor:
+        if self.world_size == 1:
+            return order
+        padded = order[torch.arange(self.examples_per_process * self.world_size) % len(order)]
+        global_batch = self.world_size * self.batch_size
+        full = len(padded) // global_batch * global_batch
+        blocks = padded[:full].view(-1, self.world_size, self.batch_size)[:, self.rank]
+        last = padded[full:].view(self.world_size, -1)[self.rank]
+        return torch.cat([blocks.reshape(-1), last])
+
     def __len__(self) -> int:
-        return self.num_examples - self.start
+        return self.examples_per_process - self.start
 
 
 class PerSampleSeeded(Dataset):

@@ -16,10 +16,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssam.optim import SAM, frozen_batchnorm_stats
+from ssam.train.distributed import SINGLE_PROCESS, Replicas
 from ssam.train.precision import FLOAT32, Precision
 
 BN_STATS = ("ascent", "descent", "both")
 ON_NONFINITE = ("stop", "skip")
+PERTURBATIONS = ("global", "local")
 
 
 class NonFiniteError(RuntimeError):
@@ -69,6 +71,8 @@ def training_step(
     on_nonfinite: str = "stop",
     ascent_fraction: float = 1.0,
     precision: Precision = FLOAT32,
+    perturbation: str = "global",
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> StepResult:
     """One optimizer step; returns the loss and the number of correct predictions at w.
 
@@ -80,6 +84,12 @@ def training_step(
     A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
     raises NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``). Under fp16
     a finite loss with an overflowing gradient skips the step and halves the loss scale.
+
+    Data-parallel (``replicas`` of a model under DDP): the descent pass is plain DDP, its gradient
+    averaged by DDP. The ascent pass, forward and backward, runs outside DDP's reducer; with
+    ``perturbation="global"`` its gradients are then averaged by hand, so every process climbs
+    the same ε (the authors' code), with ``"local"`` each climbs along its own batch's gradient.
+    The processes agree on every skip, so that they take the same passes.
     """
     sharpness_aware = isinstance(optimizer, SAM)
     loss_scale = precision.loss_scale
@@ -96,7 +106,7 @@ def training_step(
         """Skip the step (or raise), with weights and BatchNorm statistics as they were."""
         optimizer.zero_grad(set_to_none=True)
         # Under fp16 a finite loss whose gradient overflowed is the scale's fault, not the run's.
-        overflowed = loss_scale is not None and bool(torch.isfinite(pass_loss))
+        overflowed = loss_scale is not None and replicas.all_true(torch.isfinite(pass_loss))
         if loss_scale is not None:
             loss_scale.update(overflowed=True)
         if on_nonfinite == "stop" and not overflowed:
@@ -106,16 +116,19 @@ def training_step(
                 buffer.copy_(saved)
         return StepResult(loss.detach(), correct, len(targets), skipped=True)
 
-    with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(), precision.autocast():
-        logits = model(inputs)
-        loss = F.cross_entropy(logits, targets)
-    optimizer.zero_grad(set_to_none=True)
-    _backward(loss, precision, optimizer.ascent_backward if sharpness_aware else torch.Tensor.backward)
+    with replicas.ascent_pass(model) if sharpness_aware else nullcontext():
+        with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(), precision.autocast():
+            logits = model(inputs)
+            loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        _backward(loss, precision, optimizer.ascent_backward if sharpness_aware else torch.Tensor.backward)
+    if sharpness_aware and perturbation == "global":
+        replicas.average_gradients(params)
     if loss_scale is not None:
         loss_scale.unscale_(params)
     correct = (logits.argmax(dim=1) == targets).sum()
     # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
-    if not bool(_finite_check(loss, model)):
+    if not replicas.all_true(_finite_check(loss, model)):
         return give_up("ascent" if sharpness_aware else "training", loss)
     if sharpness_aware:
         optimizer.first_step(zero_grad=True)
@@ -125,7 +138,7 @@ def training_step(
             _backward(descent_loss, precision, torch.Tensor.backward)
         if loss_scale is not None:
             loss_scale.unscale_(params)
-        if not bool(_finite_check(descent_loss, model)):
+        if not replicas.all_true(_finite_check(descent_loss, model)):
             optimizer.restore_weights()
             return give_up("descent", descent_loss)
         optimizer.second_step(zero_grad=True)
@@ -134,6 +147,11 @@ def training_step(
     if loss_scale is not None:
         loss_scale.update(overflowed=False)
     return StepResult(loss.detach(), correct, len(targets))
+
+
+# The totals each process counts over its own share of the batches. (The mean ‖ε‖ stays the
+# main process's: the same on every process under global perturbation.)
+_PER_PROCESS_TOTALS = ("loss_sum", "correct", "images", "trained_images")
 
 
 @dataclass
@@ -154,6 +172,22 @@ class EpochProgress:
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def add_up(self, replicas: Replicas, *, onto_main_only: bool = False) -> None:
+        """Replace the totals by their sums over the processes: on every process (the epoch's
+        end), or on the main one only, the others starting again from zero (before a mid-epoch
+        checkpoint, which holds the main process's totals: resumed or not, the epoch then adds
+        up the same numbers in the same order)."""
+        sums = replicas.sum([getattr(self, name) for name in _PER_PROCESS_TOTALS])
+        if onto_main_only and not replicas.is_main:
+            self.clear_totals()
+            return
+        for name, value in zip(_PER_PROCESS_TOTALS, sums):
+            setattr(self, name, type(getattr(self, name))(value))
+
+    def clear_totals(self) -> None:
+        for name in _PER_PROCESS_TOTALS:
+            setattr(self, name, type(getattr(self, name))())
 
     @property
     def loss(self) -> float:
@@ -176,6 +210,8 @@ class StepOptions:
     on_nonfinite: str = "stop"
     ascent_fraction: float = 1.0
     precision: Precision = FLOAT32
+    perturbation: str = "global"
+    replicas: Replicas = SINGLE_PROCESS
 
 
 def train_one_epoch(
@@ -243,8 +279,10 @@ def evaluate(
     *,
     precision: Precision = FLOAT32,
     memory_format: torch.memory_format = torch.contiguous_format,
+    replicas: Replicas = SINGLE_PROCESS,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in percent, in eval mode."""
+    """Mean cross-entropy and accuracy in percent, in eval mode, over the examples of every
+    process's ``loader`` (each its own share of the set)."""
     model.eval()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), dtype=torch.long, device=device)
@@ -256,4 +294,5 @@ def evaluate(
         loss_sum += F.cross_entropy(logits.float(), targets, reduction="sum").double()
         correct += (logits.argmax(dim=1) == targets).sum()
         count += len(targets)
-    return loss_sum.item() / max(count, 1), 100.0 * correct.item() / max(count, 1)
+    loss_sum, correct, count = replicas.sum([loss_sum.item(), correct.item(), count])
+    return loss_sum / max(count, 1), 100.0 * correct / max(count, 1)

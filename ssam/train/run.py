@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import resource
 import statistics
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ssam import data
 from ssam.data import DataError
 from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
-from ssam.devices import device_name, resolve_device
+from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.optim import SAM, SSAM
 from ssam.train.checkpoint import (
@@ -29,13 +30,14 @@ from ssam.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from ssam.train.distributed import MasksFromMain, Replicas, join_processes
 from ssam.train.loop import EpochProgress, NonFiniteError, StepOptions, evaluate, train_one_epoch
 from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
 from ssam.train.precision import Precision
 from ssam.train.resolvers import IGNORE_SPARSITY, ignored_settings
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
-from ssam.train.schedulers import build_scheduler
+from ssam.train.schedulers import build_scheduler, fast_forward
 from ssam.train.validate import ConfigError, validate_config
 from ssam.train.wandb_sink import WandbSink
 
@@ -80,7 +82,8 @@ def build_loaders(
 ) -> tuple[DataLoader | DeviceTrainLoader, DataLoader | DeviceEvalLoader]:
     """Training and test batches: DataLoaders that transform on the CPU, or with
     dataset.on_device the whole dataset on ``device``, augmented there (trainer.num_workers
-    unused). Either way ``sampler.set_epoch`` chooses the epoch's order and where it starts."""
+    unused). Either way ``sampler.set_epoch`` chooses the epoch's order and where it starts,
+    and ``test_set`` is this process's share."""
     dataset = cfg.dataset
     if dataset.on_device:
         normalisation = dict(mean=list(dataset.mean), std=list(dataset.std), device=device)
@@ -110,7 +113,9 @@ def build_loaders(
     return train_loader, test_loader
 
 
-def _build_optimizer(cfg: DictConfig, model: torch.nn.Module, train_set) -> torch.optim.Optimizer:
+def _build_optimizer(
+    cfg: DictConfig, model: torch.nn.Module, train_set, replicas: Replicas
+) -> torch.optim.Optimizer:
     settings = cfg.optimizer
     strategy = None
     if settings.name in SPARSE:
@@ -136,6 +141,8 @@ def _build_optimizer(cfg: DictConfig, model: torch.nn.Module, train_set) -> torc
                 if key in settings
             },
         )
+        if replicas.world_size > 1:
+            strategy = MasksFromMain(strategy, replicas)
     sharpness = dict(rho=settings.rho, adaptive=settings.adaptive) if settings.name in SHARPNESS_AWARE else {}
     sparse = dict(sparsity=settings.sparsity, norm=settings.norm) if settings.name in SPARSE else {}
     return build_optimizer(
@@ -196,27 +203,57 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return differences
 
 
+def _processes(count: int) -> str:
+    return "1 process" if count == 1 else f"{count} processes"
+
+
 def _resume(
-    cfg, checkpoint_path: Path, model, optimizer, scheduler, precision: Precision
+    cfg,
+    checkpoint: dict[str, Any],
+    run_dir: Path,
+    model,
+    optimizer,
+    scheduler,
+    precision: Precision,
+    replicas: Replicas,
+    steps_per_epoch: int,
 ) -> tuple[dict, EpochProgress | None]:
-    """Load ``checkpoint_path`` into the run's objects and RNGs; the run's history so far and
-    the totals of the interrupted epoch (None at an epoch boundary)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    run_dir = checkpoint_path.parent
+    """Load ``checkpoint`` (the run directory's last.pt) into the run's objects and RNGs; the
+    run's history so far and the totals of the interrupted epoch (None at an epoch boundary).
+
+    A checkpoint taken at the end of an epoch resumes on any number of processes: the data order
+    is one global order whatever their number. One taken within an epoch resumes only on as many
+    processes as wrote it, since their shares of the epoch's remaining batches depend on it."""
+    saved_world_size = checkpoint.get("world_size", 1)  # absent before data parallelism
+    other_world_size = saved_world_size != replicas.world_size
     differences = _differences(checkpoint["identity"], _identity(cfg))
     if differences:
         raise ConfigError(
             f"{run_dir} holds a run with other settings ({'; '.join(differences[:5])}): "
             "use another hydra.run.dir, or resume=false to overwrite it"
         )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    precision.load_state_dict(checkpoint.get("precision", {}))  # absent before amp existed
-    set_rng_state(checkpoint["rng"])
     history = checkpoint["history"]
     saved_progress = checkpoint["epoch_progress"]
+    if other_world_size and saved_progress is not None:
+        raise ConfigError(
+            f"{run_dir} holds a checkpoint from the middle of epoch {history['epoch'] + 1}, written by "
+            f"{_processes(saved_world_size)}, and this run has {_processes(replicas.world_size)}: "
+            f"resume it on {_processes(saved_world_size)} (the number can change once that epoch "
+            "ends), or pass resume=false to start over"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    if other_world_size:
+        # Another number of processes takes another number of steps per epoch: the schedule
+        # goes on from the same fraction of training.
+        fast_forward(scheduler, history["epoch"] * steps_per_epoch)
+    else:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    precision.load_state_dict(checkpoint.get("precision", {}))  # absent before amp existed
+    set_rng_state(checkpoint["rng"])
     progress = None if saved_progress is None else EpochProgress(**saved_progress)
+    if progress is not None and not replicas.is_main:
+        progress.clear_totals()  # the saved totals are all the processes', carried by the main one
     if history["epoch"] >= cfg.epochs:
         shared = (
             f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity share this run)"
@@ -228,6 +265,11 @@ def _resume(
         print(f"resuming {run_dir} at step {progress.step} of epoch {history['epoch'] + 1} of {cfg.epochs}")
     else:
         print(f"resuming {run_dir} after epoch {history['epoch']} of {cfg.epochs}")
+    if other_world_size:
+        print(
+            f"it ran on {_processes(saved_world_size)} and now on {_processes(replicas.world_size)}: "
+            f"{replicas.world_size * cfg.batch_size} images per step from here on"
+        )
     return history, progress
 
 
@@ -246,7 +288,9 @@ def _checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary."""
+    """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary.
+
+    Under torchrun every process runs this; rank 0 alone touches ``run_dir`` and the console."""
     validate_config(cfg)
     if (
         cfg.optimizer.name in SPARSE
@@ -258,14 +302,20 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             "still computes them all and granularity=tensor saves no time; optimizer.norm=masked does"
         )
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with exclusive_run_directory(run_dir):
-        return _train(cfg, run_dir)
+    replicas = join_processes(cfg.device)
+    with replicas.console(), ExitStack() as lock:
+
+        def hold_run_directory() -> None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            lock.enter_context(exclusive_run_directory(run_dir))
+
+        replicas.on_main(hold_run_directory)
+        return _train(cfg, run_dir, replicas)
 
 
-def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]:
     checkpoint_path = run_dir / "last.pt"
-    device = resolve_device(cfg.device)
+    device = replicas.device
     seed_everything(cfg.seed)
 
     try:
@@ -276,7 +326,13 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         raise ConfigError(str(error)) from error
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
-    sampler = EpochShuffle(len(train_set), cfg.seed)
+    sampler = EpochShuffle(
+        len(train_set),
+        cfg.seed,
+        rank=replicas.rank,
+        world_size=replicas.world_size,
+        batch_size=cfg.batch_size,
+    )
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = build_model(
         cfg.model.name,
@@ -285,16 +341,23 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         image_size=cfg.dataset.image_size,
         **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     ).to(device, memory_format=memory_format)
-    # Training and evaluation run the compiled module; checkpoints and the Fisher pass use the
-    # plain one, whose state_dict keys stay those of the model.
-    forward_model = torch.compile(model) if cfg.trainer.compile else model
+    if cfg.trainer.sync_batchnorm and replicas.world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    # Training runs the replica (DDP when data-parallel) and evaluation the module, compiled if
+    # asked; checkpoints and the Fisher pass use the plain module, whose state_dict keys stay
+    # those of the model. Evaluation stays outside DDP: the processes' shares of the test set can
+    # differ in size, so nothing in it may wait on the others.
+    compiled = torch.compile if cfg.trainer.compile else (lambda module: module)
+    training_model = replicas.wrap(model)
+    forward_model = compiled(training_model)
+    evaluation_model = forward_model if training_model is model else compiled(model)
     precision = Precision(cfg.trainer.amp, device)
     try:
-        optimizer = _build_optimizer(cfg, model, train_set)
+        optimizer = _build_optimizer(cfg, model, train_set, replicas)
     except ValueError as error:  # settings that need the model or data to check
         raise ConfigError(str(error)) from error
-    train_loader, test_loader = build_loaders(cfg, train_set, test_set, sampler, device)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    train_loader, test_loader = build_loaders(cfg, train_set, replicas.shard(test_set), sampler, device)
+    steps_per_epoch = math.ceil(sampler.examples_per_process / cfg.batch_size)
     scheduler_settings = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if k != "name"}
     # The schedule drives the base optimizer, whose step() is the one that runs (SAM calls it in
     # second_step); both share their param_groups, so the learning rate is the same object.
@@ -310,19 +373,26 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     sparse = isinstance(optimizer, SSAM)
     history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
     epoch_progress = None
-    if cfg.resume and checkpoint_path.exists():
-        history, epoch_progress = _resume(cfg, checkpoint_path, model, optimizer, scheduler, precision)
+    checkpoint = replicas.on_main(
+        lambda: load_checkpoint(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
+    )
+    if checkpoint is not None:
+        history, epoch_progress = _resume(
+            cfg, checkpoint, run_dir, model, optimizer, scheduler, precision, replicas, steps_per_epoch
+        )
     summary_path = run_dir / "summary.json"
-    if history["epoch"] >= cfg.epochs and summary_path.exists():
+    if history["epoch"] >= cfg.epochs:
         # Finished: its summary stands as written (this process measured nothing).
-        summary = read_json(summary_path)
-        print(format_table(summary))
-        return summary
-    metrics.keep(lambda record: record["epoch"] < history["epoch"])
-    mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
+        summary = replicas.on_main(lambda: read_json(summary_path) if summary_path.exists() else None)
+        if summary is not None:
+            print(format_table(summary))
+            return summary
+    if replicas.is_main:
+        metrics.keep(lambda record: record["epoch"] < history["epoch"])
+        mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
     sink = None
-    if cfg.logger.name == "wandb":
+    if cfg.logger.name == "wandb" and replicas.is_main:
         sink = WandbSink(
             run_dir=run_dir,
             config=OmegaConf.to_container(cfg, resolve=True),
@@ -337,6 +407,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         return {
             "format": CHECKPOINT_FORMAT,
             "identity": _identity(cfg),
+            "world_size": replicas.world_size,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
@@ -351,7 +422,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
     def after_step(progress: EpochProgress) -> None:
         nonlocal logged_mask_updates
-        if sparse and optimizer.mask_updates > logged_mask_updates:
+        if sparse and optimizer.mask_updates > logged_mask_updates and replicas.is_main:
             logged_mask_updates = optimizer.mask_updates
             mask_log.append(
                 {
@@ -363,13 +434,19 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 }
             )
         if every_steps and progress.step % every_steps == 0 and progress.step < steps_per_epoch:
-            _checkpoint(checkpoint_path, state(progress))
+            # Every process takes the collective steps; then rank 0 writes.
+            replicas.average_batchnorm_statistics(model)
+            progress.add_up(replicas, onto_main_only=True)
+            if replicas.is_main:
+                _checkpoint(checkpoint_path, state(progress))
 
     step_options = StepOptions(
         bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
         on_nonfinite=cfg.trainer.on_nonfinite,
         ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
         precision=precision,
+        perturbation=cfg.optimizer.get("perturbation", "global"),
+        replicas=replicas,
     )
     for epoch in range(history["epoch"], cfg.epochs):
         if epoch_progress is None:
@@ -394,7 +471,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 memory_format=memory_format,
                 after_step=after_step,
                 description=f"epoch {epoch + 1}/{cfg.epochs}",
-                progress_bar=cfg.trainer.progress_bar,
+                progress_bar=cfg.trainer.progress_bar and replicas.is_main,
             )
         except NonFiniteError as error:
             kept = (
@@ -406,8 +483,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 f"{error} at epoch {epoch + 1}, step {epoch_progress.step + 1}. {kept}. "
                 "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
             ) from error
+        result.add_up(replicas)
+        replicas.average_batchnorm_statistics(model)
         test_loss, test_acc = evaluate(
-            forward_model, test_loader, device, precision=precision, memory_format=memory_format
+            evaluation_model,
+            test_loader,
+            device,
+            precision=precision,
+            memory_format=memory_format,
+            replicas=replicas,
         )
         record = {
             "epoch": epoch,
@@ -425,7 +509,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if sparse:
             record["mask_density"] = optimizer.mask_density()
             record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
-        metrics.append(record)
+        if replicas.is_main:
+            metrics.append(record)
         if sink is not None:
             sink.log(record, step=epoch)
         print(
@@ -442,7 +527,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "peak_memory_mb": max(history.get("peak_memory_mb", 0.0), peak_memory_mb(device)),
         }
         epoch_progress = None
-        _checkpoint(checkpoint_path, state(None))
+        if replicas.is_main:
+            _checkpoint(checkpoint_path, state(None))
 
     summary = {
         "final_test_acc": history["final_test_acc"],
@@ -460,13 +546,15 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
         "torch_version": torch.__version__,
         "device": device_name(device),
+        "world_size": replicas.world_size,
     }
     if sparse:
         summary["granularity"] = cfg.optimizer.granularity
         summary["norm"] = cfg.optimizer.norm
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
-    write_json(summary_path, summary)
+    if replicas.is_main:
+        write_json(summary_path, summary)
     if sink is not None:
         sink.finish(summary)
     print(format_table(summary))

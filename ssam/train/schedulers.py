@@ -52,3 +52,12 @@ class _Step:
 class _Constant:
     def __call__(self, step: int) -> float:
         return 1.0
+
+
+def fast_forward(scheduler: LambdaLR, steps: int) -> None:
+    """Put a fresh schedule where it is after ``steps`` steps, learning rates included."""
+    scheduler.last_epoch = steps
+    rates = [base * factor(steps) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(scheduler.optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates

@@ -9,12 +9,13 @@ import torch
 from omegaconf import DictConfig
 
 from ssam.data import DATASETS, IN_MEMORY_DATASETS, missing_data_message
+from ssam.devices import resolve_device
 from ssam.models import MODELS
 from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
 from ssam.optim.tensor_selection import TENSOR_SCORES
-from ssam.train.loop import BN_STATS, ON_NONFINITE
+from ssam.train.loop import BN_STATS, ON_NONFINITE, PERTURBATIONS
 from ssam.train.optimizers import GRANULARITIES, OPTIMIZERS, SHARPNESS_AWARE, SPARSE
 from ssam.train.precision import AMP
 from ssam.train.schedulers import SCHEDULERS
@@ -97,6 +98,12 @@ def validate_config(cfg: DictConfig) -> None:
     _one_of("trainer.amp", cfg.trainer.amp, AMP)
     _boolean("trainer.channels_last", cfg.trainer.channels_last)
     _boolean("trainer.compile", cfg.trainer.compile)
+    _boolean("trainer.sync_batchnorm", cfg.trainer.sync_batchnorm)
+    if cfg.trainer.sync_batchnorm and resolve_device(cfg.device).type != "cuda":
+        raise ConfigError(
+            "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run on the CPU; "
+            "set trainer.sync_batchnorm=false"
+        )
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
     if not isinstance(cfg.dataset.on_device, bool):
@@ -114,6 +121,7 @@ def validate_config(cfg: DictConfig) -> None:
         if not (_is_number(optimizer.rho) and optimizer.rho >= 0):
             raise ConfigError(f"optimizer.rho must be >= 0, got {optimizer.rho!r}")
         _one_of("optimizer.bn_stats", optimizer.bn_stats, BN_STATS)
+        _one_of("optimizer.perturbation", optimizer.perturbation, PERTURBATIONS)
         if not (_is_number(optimizer.ascent_fraction) and 0 < optimizer.ascent_fraction <= 1):
             raise ConfigError(
                 f"optimizer.ascent_fraction must be in (0, 1], got {optimizer.ascent_fraction!r}"
@@ -130,6 +138,11 @@ def validate_config(cfg: DictConfig) -> None:
     if optimizer.name == "ssam_f":
         _positive_int("optimizer.num_samples", optimizer.num_samples)
         _one_of("optimizer.fisher_method", optimizer.fisher_method, FISHER_METHODS)
+        if cfg.trainer.sync_batchnorm and optimizer.fisher_method != "loop":
+            raise ConfigError(
+                "trainer.sync_batchnorm=true with optimizer=ssam_f needs optimizer.fisher_method=loop "
+                f"(vmap cannot run SyncBatchNorm), got {optimizer.fisher_method!r}"
+            )
         train_size = cfg.dataset.train_size
         if train_size is not None and optimizer.num_samples > train_size:
             raise ConfigError(
