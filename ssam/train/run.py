@@ -48,7 +48,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+def datasets_from_config(
+    cfg: DictConfig, *, augment: bool = True
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The run's (train, test) datasets; ``augment=False`` leaves out the training set's random
+    crop, flip and Cutout (for measurements that must see the same images every time)."""
     dataset = cfg.dataset
     if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
         data.download(dataset.name, dataset.root)
@@ -60,9 +64,20 @@ def _build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.
         std=list(dataset.std),
         train_size=dataset.train_size,
         test_size=dataset.test_size,
-        crop_padding=dataset.crop_padding,
-        hflip=dataset.hflip,
-        cutout=dataset.cutout,
+        crop_padding=dataset.crop_padding if augment else 0,
+        hflip=dataset.hflip and augment,
+        cutout=dataset.cutout and augment,
+    )
+
+
+def model_from_config(cfg: DictConfig) -> torch.nn.Module:
+    """The run's model, freshly initialised (from torch's global random state)."""
+    return build_model(
+        cfg.model.name,
+        num_classes=cfg.dataset.num_classes,
+        in_channels=cfg.dataset.in_channels,
+        image_size=cfg.dataset.image_size,
+        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     )
 
 
@@ -202,7 +217,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     seed_everything(cfg.seed)
 
     try:
-        train_set, test_set = _build_data(cfg)
+        train_set, test_set = datasets_from_config(cfg)
     except DataError:
         raise
     except ValueError as error:  # a setting that only the data can check (a subset too large)
@@ -210,13 +225,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
     sampler = EpochShuffle(len(train_set), cfg.seed)
-    model = build_model(
-        cfg.model.name,
-        num_classes=cfg.dataset.num_classes,
-        in_channels=cfg.dataset.in_channels,
-        image_size=cfg.dataset.image_size,
-        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
-    ).to(device)
+    model = model_from_config(cfg).to(device)
     try:
         optimizer = _build_optimizer(cfg, model, train_set)
     except ValueError as error:  # settings that need the model or data to check
