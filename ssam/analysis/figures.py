@@ -1,0 +1,104 @@
+"""PNG figures of the analysis results. Built on matplotlib's Figure directly (not pyplot), so
+no display and no global backend setting is needed, and nothing is left open."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ssam.analysis.mask_maps import MaskHistory
+
+DPI = 110
+
+
+def plot_interpolation(
+    alphas: Sequence[float], losses: Sequence[float], labels: tuple[str, str], path: str | Path
+) -> None:
+    """The loss along (1 − α) · start + α · end, the two models marked at α = 0 and α = 1."""
+    figure = Figure(figsize=(5.5, 3.8))
+    axes = figure.add_subplot()
+    axes.plot(alphas, losses, marker=".", color="C0")
+    for alpha, label in zip((0.0, 1.0), labels):
+        axes.axvline(alpha, color="0.6", linestyle=":", linewidth=1)
+        axes.annotate(
+            label,
+            (alpha, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -12),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    axes.set_xlabel("α")
+    axes.set_ylabel("loss")
+    axes.set_title("loss on the line between two models", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_surface_contour(
+    coordinates: Sequence[float], losses: Sequence[Sequence[float]], path: str | Path
+) -> None:
+    """Contour lines of L(w + a d₁ + b d₂), the model at the centre."""
+    figure = Figure(figsize=(4.8, 4.2))
+    axes = figure.add_subplot()
+    # losses[i][j] is at (a_i, b_j): a runs down the rows, so it is the y axis of the plot.
+    contours = axes.contour(coordinates, coordinates, losses, levels=20, cmap="viridis")
+    axes.clabel(contours, fontsize=6, fmt="%.2f")
+    axes.plot([0], [0], marker="*", color="C3", markersize=9)
+    axes.set_xlabel("b (direction 2)")
+    axes.set_ylabel("a (direction 1)")
+    axes.set_title("loss, filter-normalised directions", fontsize=10)
+    axes.set_aspect("equal")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_surface_3d(
+    coordinates: Sequence[float], losses: Sequence[Sequence[float]], path: str | Path
+) -> None:
+    """The same surface in 3-D."""
+    figure = Figure(figsize=(5.5, 4.5))
+    axes = figure.add_subplot(projection="3d")
+    b_grid, a_grid = np.meshgrid(coordinates, coordinates)  # losses[i][j] is at a_i, b_j
+    axes.plot_surface(b_grid, a_grid, np.asarray(losses), cmap="viridis", linewidth=0)
+    axes.set_xlabel("b")
+    axes.set_ylabel("a")
+    axes.set_zlabel("loss")
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+
+
+def plot_mask_history(history: MaskHistory, path: str | Path) -> None:
+    """Heat-map of each layer's mask density at each refresh; above it, when the run logged it,
+    the Jaccard overlap of each mask with the one before."""
+    refreshes = len(history.updates)
+    rows = len(history.layers)
+    overlaps = [(i, v) for i, v in enumerate(history.overlap_with_previous or []) if v is not None]
+    with_overlap = bool(overlaps)  # not for older runs, nor for a single mask
+    figure = Figure(
+        figsize=(max(4.5, 2.8 + 0.35 * refreshes), 1.8 + 0.22 * rows + (1.3 if with_overlap else 0))
+    )
+    if with_overlap:
+        overlap_axes, axes = figure.subplots(
+            2, 1, sharex=True, gridspec_kw={"height_ratios": [1.3, 0.22 * rows + 0.5]}
+        )
+        overlap_axes.plot(*zip(*overlaps), marker="o", color="C0")
+        overlap_axes.set_ylim(0, 1.05)
+        overlap_axes.set_ylabel("Jaccard with\nprevious mask", fontsize=8)
+    else:
+        axes = figure.add_subplot()
+    image = axes.imshow(
+        history.density, aspect="auto", cmap="magma", vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
+    axes.set_yticks(range(rows), history.layers, fontsize=6)
+    axes.set_xticks(
+        range(refreshes), [f"{u}\n(e{e})" for u, e in zip(history.updates, history.epochs)], fontsize=7
+    )
+    axes.set_xlabel("mask refresh (epoch)")
+    figure.colorbar(image, ax=axes, label="fraction perturbed", fraction=0.04)
+    figure.suptitle("Sparse SAM mask density per layer", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
