@@ -1,5 +1,5 @@
 """python -m ssam.analyze as a user runs it, on checkpoints of tiny train.py runs: the files it
-writes and the errors it gives."""
+writes, the errors it gives, and λ_max tracking during training that leaves the run unchanged."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import REPO, TIMEOUT_S, read_json, run_env, train_ok
+from runs import REPO, TIMEOUT_S, model_weights, read_json, read_jsonl, run_env, train_ok
 
 from ssam.data import missing_data_message
 
@@ -17,7 +17,8 @@ if MISSING is not None:
     pytest.skip(f"the analysis end-to-end tests need Fashion-MNIST: {MISSING}", allow_module_level=True)
 
 TINY = ["dataset.train_size=256", "dataset.test_size=256", "batch_size=64"]
-# Two epochs: the mask is refreshed twice, so that its overlap with the previous one is logged.
+# Two epochs: the λ_max measured after the first comes before the second's training, and the
+# mask is refreshed twice, so that its overlap with the previous one is logged.
 SPARSE_RUN = [*TINY, "epochs=2", "optimizer=ssam_f", "optimizer.num_samples=16"]
 # A few seconds of analysis: one batch, short Lanczos, a 3 × 3 surface.
 QUICK = [
@@ -119,3 +120,17 @@ def test_bad_setting_exits_2_naming_the_setting_and_what_is_allowed(runs, argume
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tracking_sharpness_logs_lambda_max_and_leaves_training_bit_identical(runs, tmp_path):
+    tracked = tmp_path / "tracked"
+    train_ok(tracked, [*SPARSE_RUN, "trainer.track_sharpness_every=1"])
+
+    rows, tracked_rows = read_jsonl(runs["ssam_f"] / "metrics.jsonl"), read_jsonl(tracked / "metrics.jsonl")
+    assert all("lambda_max" not in row for row in rows)
+    assert all(row["lambda_max"] > 0 for row in tracked_rows)
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc", "perturbation_norm"):
+        assert [row[key] for row in rows] == [row[key] for row in tracked_rows], key
+    weights, tracked_weights = model_weights(runs["ssam_f"]), model_weights(tracked)
+    for name, tensor in weights.items():
+        assert tensor.equal(tracked_weights[name]), name

@@ -115,6 +115,10 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["dataset.train_size=0"], "dataset.train_size must be an integer >= 1"),
         (["trainer.checkpoint_every_steps=-1"], "trainer.checkpoint_every_steps must be an integer >= 0"),
         (["trainer.on_nonfinite=ignore"], "trainer.on_nonfinite must be one of stop, skip, got 'ignore'"),
+        (
+            ["trainer.track_sharpness_every=-1"],
+            "trainer.track_sharpness_every must be an integer >= 0, got -1",
+        ),
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
     ],

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssam import data
+from ssam.analysis.tracking import SharpnessTracker
 from ssam.data import DataError
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
@@ -312,6 +313,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             _checkpoint(checkpoint_path, state(progress))
 
     bn_stats = cfg.optimizer.get("bn_stats", "ascent")
+    track_every = cfg.trainer.track_sharpness_every
+    tracker = SharpnessTracker(train_set) if track_every else None  # before the loop: see its docstring
     for epoch in range(history["epoch"], cfg.epochs):
         if epoch_progress is None:
             epoch_progress = EpochProgress(
@@ -364,6 +367,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if sparse:
             record["mask_density"] = optimizer.mask_density()
             record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
+        if tracker is not None and (epoch + 1) % track_every == 0:
+            record["lambda_max"] = tracker.lambda_max(model)
         metrics.append(record)
         if sink is not None:
             sink.log(record, step=epoch)

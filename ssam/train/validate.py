@@ -87,6 +87,9 @@ def validate_config(cfg: DictConfig) -> None:
     if not (_is_int(every_steps) and every_steps >= 0):
         raise ConfigError(f"trainer.checkpoint_every_steps must be an integer >= 0, got {every_steps!r}")
     _one_of("trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
+    track_every = cfg.trainer.track_sharpness_every
+    if not (_is_int(track_every) and track_every >= 0):
+        raise ConfigError(f"trainer.track_sharpness_every must be an integer >= 0, got {track_every!r}")
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
     if cfg.scheduler.name == "step":
