@@ -89,3 +89,24 @@ def test_runs_that_share_a_seed_are_flagged_as_mixed_settings(tmp_path):
     write_run(tmp_path / "b", summary("sam", None, 0, 80.0, 80.0, 20.0))
     result = run_script("scripts/tables.py", str(tmp_path))
     assert "| fashion_mnist / compact_resnet | 85.00 ± 7.07 (n=2) ‡ |" in result.stdout.splitlines()
+
+
+def write_analysis(folder: Path, lambda_max: float, trace: float, m_sharpness: float) -> None:
+    hessian = {"loss": 0.5, "lambda_max": lambda_max, "lambda_max_over_lambda_5": 2.0, "trace": trace}
+    sharpness = {"m_sharpness": m_sharpness, "random_sharpness": 1e-5}
+    (folder / "analysis_hessian.json").write_text(json.dumps(hessian))
+    (folder / "analysis_sharpness.json").write_text(json.dumps(sharpness))
+
+
+def test_analysis_table_has_a_row_per_setting_with_mean_std_of_each_measure(sweep):
+    write_analysis(sweep / "sgd0", 100.0, 500.0, 0.2)
+    write_analysis(sweep / "sgd1", 120.0, 700.0, 0.4)
+    write_analysis(sweep / "sam0", 50.0, 300.0, 0.1)
+
+    lines = run_script("scripts/analysis_table.py", str(sweep)).stdout.splitlines()
+
+    assert lines[0].startswith("| setting | loss | λ_max | λ_max / λ_5 | trace | m-sharpness |")
+    assert "| SGD | 0.5 ± 0 | 110 ± 14 | 2 ± 0 | 600 ± 1.4e+02 | 0.3 ± 0.14 | 1e-05 ± 0 | 2 |" in lines
+    assert "| SAM | 0.5 ± 0 | 50 ± 0 | 2 ± 0 | 300 ± 0 | 0.1 ± 0 | 1e-05 ± 0 | 1 |" in lines
+    missing = lines[-1]
+    assert missing.startswith("Runs without analysis_hessian.json") and str(sweep / "f0") in missing
