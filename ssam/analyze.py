@@ -200,8 +200,12 @@ def landscape_report(
     steps = settings.steps
     coordinates = [-settings.span + 2 * settings.span * i / (steps - 1) for i in range(steps)]
     losses = surface_losses(model, LOSS, batches, directions, coordinates)
-    figures.plot_surface_contour(coordinates, losses, out_dir / "analysis_landscape_contour.png")
-    figures.plot_surface_3d(coordinates, losses, out_dir / "analysis_landscape_surface.png")
+    figures.plot_surface(
+        coordinates,
+        losses,
+        contour_path=out_dir / "analysis_landscape_contour.png",
+        surface_path=out_dir / "analysis_landscape_surface.png",
+    )
     report = {
         "surface": {
             "directions": "two Gaussian directions, filter-normalised (Li et al., 2018); biases and "

@@ -14,6 +14,11 @@ from ssam.analysis.mask_maps import MaskHistory
 DPI = 110
 
 
+def _save(figure: Figure, path: str | Path) -> None:
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+
+
 def plot_interpolation(
     alphas: Sequence[float], losses: Sequence[float], labels: tuple[str, str], path: str | Path
 ) -> None:
@@ -31,44 +36,35 @@ def plot_interpolation(
             textcoords="offset points",
             fontsize=8,
         )
-    axes.set_xlabel("α")
-    axes.set_ylabel("loss")
+    axes.set(xlabel="α", ylabel="loss")
     axes.set_title("loss on the line between two models", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    _save(figure, path)
 
 
-def plot_surface_contour(
-    coordinates: Sequence[float], losses: Sequence[Sequence[float]], path: str | Path
+def plot_surface(
+    coordinates: Sequence[float],
+    losses: Sequence[Sequence[float]],
+    *,
+    contour_path: str | Path,
+    surface_path: str | Path,
 ) -> None:
-    """Contour lines of L(w + a d₁ + b d₂), the model at the centre."""
-    figure = Figure(figsize=(4.8, 4.2))
-    axes = figure.add_subplot()
+    """L(w + a d₁ + b d₂) as contour lines around the model (a star at the centre), and in 3-D."""
+    contour = Figure(figsize=(4.8, 4.2))
+    axes = contour.add_subplot()
     # losses[i][j] is at (a_i, b_j): a runs down the rows, so it is the y axis of the plot.
-    contours = axes.contour(coordinates, coordinates, losses, levels=20, cmap="viridis")
-    axes.clabel(contours, fontsize=6, fmt="%.2f")
+    lines = axes.contour(coordinates, coordinates, losses, levels=20, cmap="viridis")
+    axes.clabel(lines, fontsize=6, fmt="%.2f")
     axes.plot([0], [0], marker="*", color="C3", markersize=9)
-    axes.set_xlabel("b (direction 2)")
-    axes.set_ylabel("a (direction 1)")
+    axes.set(xlabel="b (direction 2)", ylabel="a (direction 1)", aspect="equal")
     axes.set_title("loss, filter-normalised directions", fontsize=10)
-    axes.set_aspect("equal")
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    _save(contour, contour_path)
 
-
-def plot_surface_3d(
-    coordinates: Sequence[float], losses: Sequence[Sequence[float]], path: str | Path
-) -> None:
-    """The same surface in 3-D."""
-    figure = Figure(figsize=(5.5, 4.5))
-    axes = figure.add_subplot(projection="3d")
-    b_grid, a_grid = np.meshgrid(coordinates, coordinates)  # losses[i][j] is at a_i, b_j
+    surface = Figure(figsize=(5.5, 4.5))
+    axes = surface.add_subplot(projection="3d")
+    b_grid, a_grid = np.meshgrid(coordinates, coordinates)
     axes.plot_surface(b_grid, a_grid, np.asarray(losses), cmap="viridis", linewidth=0)
-    axes.set_xlabel("b")
-    axes.set_ylabel("a")
-    axes.set_zlabel("loss")
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    axes.set(xlabel="b (direction 2)", ylabel="a (direction 1)", zlabel="loss")
+    _save(surface, surface_path)
 
 
 def plot_mask_history(history: MaskHistory, path: str | Path) -> None:
@@ -100,5 +96,4 @@ def plot_mask_history(history: MaskHistory, path: str | Path) -> None:
     axes.set_xlabel("mask refresh (epoch)")
     figure.colorbar(image, ax=axes, label="fraction perturbed", fraction=0.04)
     figure.suptitle("Sparse SAM mask density per layer", fontsize=10)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
+    _save(figure, path)
