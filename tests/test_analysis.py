@@ -5,6 +5,7 @@ small conv nets for the landscape and the promise to leave every model as it was
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -194,6 +195,7 @@ def test_interpolation_at_alpha_0_and_1_equals_each_models_own_loss():
     assert losses[1] == mean_loss(start_model, F.cross_entropy, data)
     assert losses[3] == mean_loss(end_model, F.cross_entropy, data)
     assert losses[2] != losses[1]
+    assert all(math.isfinite(loss) for loss in losses)
     for key, value in start_model.state_dict().items():
         assert torch.equal(value, own[key]), key
 
@@ -201,7 +203,20 @@ def test_interpolation_at_alpha_0_and_1_equals_each_models_own_loss():
 def test_interpolation_refuses_two_different_architectures():
     small, other = small_conv_net(), small_conv_net(classes=5)
     with pytest.raises(ValueError, match=r"8.weight has shape \(3, 16\) in one model and \(5, 16\)"):
-        interpolated_state(small.state_dict(), other.state_dict(), 0.5)
+        interpolated_state(small.state_dict(), other.state_dict(), 0.5, parameters=set())
+
+
+def test_interpolation_extrapolates_weights_but_not_batchnorm_statistics():
+    start, end = (model.state_dict() for model in two_trained_conv_nets())
+    parameters = {name for name, _ in small_conv_net().named_parameters()}
+    beyond = interpolated_state(start, end, -0.5, parameters=parameters)
+    torch.testing.assert_close(beyond["0.weight"], 1.5 * start["0.weight"] - 0.5 * end["0.weight"])
+    assert torch.equal(beyond["1.running_var"], start["1.running_var"])
+    assert torch.equal(
+        interpolated_state(start, end, 1.5, parameters=parameters)["1.running_var"], end["1.running_var"]
+    )
+    halfway = interpolated_state(start, end, 0.5, parameters=parameters)["1.running_var"]
+    torch.testing.assert_close(halfway, (start["1.running_var"] + end["1.running_var"]) / 2)
 
 
 def test_filter_normalized_direction_has_each_filters_norm_and_leaves_biases_and_batchnorm():

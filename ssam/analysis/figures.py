@@ -22,21 +22,14 @@ def _save(figure: Figure, path: str | Path) -> None:
 def plot_interpolation(
     alphas: Sequence[float], losses: Sequence[float], labels: tuple[str, str], path: str | Path
 ) -> None:
-    """The loss along (1 − α) · start + α · end, the two models marked at α = 0 and α = 1."""
+    """The loss along the line from one model (α = 0) to the other (α = 1), both marked."""
     figure = Figure(figsize=(5.5, 3.8))
     axes = figure.add_subplot()
     axes.plot(alphas, losses, marker=".", color="C0")
-    for alpha, label in zip((0.0, 1.0), labels):
+    for alpha in (0.0, 1.0):
         axes.axvline(alpha, color="0.6", linestyle=":", linewidth=1)
-        axes.annotate(
-            label,
-            (alpha, 1.0),
-            xycoords=("data", "axes fraction"),
-            xytext=(3, -12),
-            textcoords="offset points",
-            fontsize=8,
-        )
-    axes.set(xlabel="α", ylabel="loss")
+    axes.set_xlabel(f"α\n0: {labels[0]}\n1: {labels[1]}", fontsize=8)
+    axes.set_ylabel("loss")
     axes.set_title("loss on the line between two models", fontsize=10)
     _save(figure, path)
 
@@ -52,7 +45,10 @@ def plot_surface(
     contour = Figure(figsize=(4.8, 4.2))
     axes = contour.add_subplot()
     # losses[i][j] is at (a_i, b_j): a runs down the rows, so it is the y axis of the plot.
-    lines = axes.contour(coordinates, coordinates, losses, levels=20, cmap="viridis")
+    # Levels at quantiles of the values: dense near the minimum, where the shape matters, and
+    # sparse on the walls, which can be orders of magnitude higher.
+    levels = np.unique(np.quantile(np.asarray(losses), np.linspace(0, 1, 22)[1:-1]))
+    lines = axes.contour(coordinates, coordinates, losses, levels=levels, cmap="viridis")
     axes.clabel(lines, fontsize=6, fmt="%.2f")
     axes.plot([0], [0], marker="*", color="C3", markersize=9)
     axes.set(xlabel="b (direction 2)", ylabel="a (direction 1)", aspect="equal")

@@ -3,7 +3,7 @@ through one model spanned by two filter-normalised random directions (Li et al.,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -54,11 +54,20 @@ def surface_losses(
 
 
 def interpolated_state(
-    start: Mapping[str, torch.Tensor], end: Mapping[str, torch.Tensor], alpha: float
+    start: Mapping[str, torch.Tensor],
+    end: Mapping[str, torch.Tensor],
+    alpha: float,
+    *,
+    parameters: Collection[str],
 ) -> dict[str, torch.Tensor]:
-    """(1 − α) · start + α · end for every floating-point entry of two state_dicts (weights and
-    BatchNorm running statistics alike), so that α = 0 gives ``start`` and α = 1 gives ``end``
-    exactly. Integer entries (BatchNorm's batch counter) are taken from the nearer end."""
+    """The state_dict at α on the line from ``start`` (α = 0) to ``end`` (α = 1): exactly
+    ``start`` at 0 and ``end`` at 1.
+
+    Parameters (the entries named in ``parameters``) are (1 − α) · start + α · end for any α.
+    Other floating-point entries, BatchNorm's running statistics, are interpolated the same way
+    within [0, 1] and taken from the nearer model outside it: extrapolated, a running variance
+    can turn negative, and the loss there would be NaN. Integer entries (BatchNorm's batch
+    counter) come from the nearer model."""
     if start.keys() != end.keys():
         differing = sorted(set(start) ^ set(end))
         raise ValueError(f"the two models have different entries, e.g. {differing[0]!r}: not the same model")
@@ -69,10 +78,11 @@ def interpolated_state(
             raise ValueError(
                 f"{key} has shape {tuple(a.shape)} in one model and {tuple(b.shape)} in the other"
             )
-        if a.is_floating_point():
-            state[key] = (1 - alpha) * a + alpha * b.to(a)
-        else:
+        if not a.is_floating_point():
             state[key] = (a if alpha < 0.5 else b).clone()
+            continue
+        weight = alpha if key in parameters else min(max(alpha, 0.0), 1.0)
+        state[key] = (1 - weight) * a + weight * b.to(a)
     return state
 
 
@@ -84,15 +94,16 @@ def interpolation_losses(
     end: Mapping[str, torch.Tensor],
     alphas: Sequence[float],
 ) -> list[float]:
-    """L at each point (1 − α) · start + α · end of the line between two state_dicts of
-    ``model``'s architecture (Goodfellow et al., 2015); ``model`` is given back its own state."""
+    """L at each α on the line between two state_dicts of ``model``'s architecture (Goodfellow
+    et al., 2015; see ``interpolated_state``); ``model`` is given back its own state."""
     own_state = {key: value.clone() for key, value in model.state_dict().items()}
+    parameters = {name for name, _ in model.named_parameters()}
     # Copies: ``start`` may be the model's own state_dict, whose tensors loading would overwrite.
     start, end = ({key: value.detach().clone() for key, value in state.items()} for state in (start, end))
     losses = []
     try:
         for alpha in alphas:
-            model.load_state_dict(interpolated_state(start, end, alpha))
+            model.load_state_dict(interpolated_state(start, end, alpha, parameters=parameters))
             losses.append(mean_loss(model, loss_fn, batches))
     finally:
         model.load_state_dict(own_state)
