@@ -7,11 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from ssam.analysis.mask_maps import MaskHistory
 
 DPI = 110
+# Loss contours 6 a decade (×1.47 apart), the same in every figure so that two runs' figures
+# compare directly: dense near a minimum, where the shape matters, sparse on the high walls.
+CONTOUR_LEVELS = np.logspace(-3, 3, 37)
 
 
 def _save(figure: Figure, path: str | Path) -> None:
@@ -45,11 +49,10 @@ def plot_surface(
     contour = Figure(figsize=(4.8, 4.2))
     axes = contour.add_subplot()
     # losses[i][j] is at (a_i, b_j): a runs down the rows, so it is the y axis of the plot.
-    # Levels at quantiles of the values: dense near the minimum, where the shape matters, and
-    # sparse on the walls, which can be orders of magnitude higher.
-    levels = np.unique(np.quantile(np.asarray(losses), np.linspace(0, 1, 22)[1:-1]))
-    lines = axes.contour(coordinates, coordinates, losses, levels=levels, cmap="viridis")
-    axes.clabel(lines, fontsize=6, fmt="%.2f")
+    lines = axes.contour(
+        coordinates, coordinates, losses, levels=CONTOUR_LEVELS, cmap="viridis", norm=LogNorm(0.1, 100)
+    )
+    axes.clabel(lines, fontsize=6, fmt="%.3g")
     axes.plot([0], [0], marker="*", color="C3", markersize=9)
     axes.set(xlabel="b (direction 2)", ylabel="a (direction 1)", aspect="equal")
     axes.set_title("loss, filter-normalised directions", fontsize=10)
