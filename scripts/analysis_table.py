@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +27,16 @@ MEASURES = (
     ("m-sharpness", "sharpness", "m_sharpness"),
     ("random sharpness", "sharpness", "random_sharpness"),
 )
+
+
+def mean_pm_std(values: list[float]) -> str:
+    """Mean ± std with three significant digits of the mean and the std to the same decimals
+    (scientific notation below 0.001, where decimals would hide them)."""
+    mean, std = mean_std(values)
+    if mean != 0 and abs(mean) < 1e-3:
+        return f"{mean:.2e} ± {std:.1e}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 3
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
 def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
@@ -56,8 +67,7 @@ def markdown(cells: dict[tuple, list[dict]], missing: list[Path]) -> str:
             if any(value is None for value in values):
                 row.append("n/a")
                 continue
-            mean, std = mean_std(values)
-            row.append(f"{mean:.4g} ± {std:.2g}")
+            row.append(mean_pm_std(values))
         lines.append(f"| {column_label(key)} | " + " | ".join(row) + f" | {len(runs)} |")
     text = "\n".join(lines)
     if missing:
