@@ -4,8 +4,9 @@ analysis_sharpness.json files that `python -m ssam.analyze` wrote into each run 
     python scripts/analysis_table.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_cpu_sharpness.md
 
 One row per setting (SGD, SAM, then the Sparse SAM methods at each sparsity), one column per
-measure: mean ± sample std over the runs (seeds), with their number. Runs without both files
-are listed, never silently dropped.
+measure: mean ± sample std over the runs (seeds), with their number; then one row per run,
+with its seed and final test accuracy. Runs without both files are listed, never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -29,14 +30,20 @@ MEASURES = (
 )
 
 
+def _formatter(reference: float):
+    """Three significant digits of ``reference``, as a format spec for it and its companions
+    (scientific below 0.001, where fixed decimals would hide the value)."""
+    if reference != 0 and abs(reference) < 1e-3:
+        return lambda value: f"{value:.2e}"
+    decimals = max(0, 2 - math.floor(math.log10(abs(reference)))) if reference else 3
+    return lambda value: f"{value:.{decimals}f}"
+
+
 def mean_pm_std(values: list[float]) -> str:
-    """Mean ± std with three significant digits of the mean and the std to the same decimals
-    (scientific notation below 0.001, where decimals would hide them)."""
+    """Mean ± std, both to the decimals of the mean's three significant digits."""
     mean, std = mean_std(values)
-    if mean != 0 and abs(mean) < 1e-3:
-        return f"{mean:.2e} ± {std:.1e}"
-    decimals = max(0, 2 - math.floor(math.log10(abs(mean)))) if mean else 3
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    show = _formatter(mean)
+    return f"{show(mean)} ± {show(std)}"
 
 
 def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
@@ -50,25 +57,37 @@ def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
             continue
         summary = json.loads(summary_path.read_text())
         record = {name: json.loads(path.read_text()) for name, path in files.items()}
-        cells[column(summary)].append(record)
+        cells[column(summary)].append({"summary": summary, **record})
     return cells, missing
 
 
+def _ordered(cells: dict[tuple, list[dict]]) -> list[tuple]:
+    return sorted(cells, key=lambda k: (METHOD_ORDER.get(k[0], 9), -1 if k[1] is None else k[1]))
+
+
+def _header(first: list[str], last: list[str]) -> list[str]:
+    titles = [*first, *(title for title, _, _ in MEASURES), *last]
+    return ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
+
+
 def markdown(cells: dict[tuple, list[dict]], missing: list[Path]) -> str:
-    lines = [
-        "| setting | " + " | ".join(title for title, _, _ in MEASURES) + " | runs |",
-        "|---|" + "---|" * (len(MEASURES) + 1),
-    ]
-    for key in sorted(cells, key=lambda k: (METHOD_ORDER.get(k[0], 9), -1 if k[1] is None else k[1])):
+    """The table of settings (mean ± std over runs), then one row per run."""
+    lines = _header(["setting"], ["runs"])
+    for key in _ordered(cells):
         runs = cells[key]
         row = []
         for _, source, name in MEASURES:
             values = [run[source][name] for run in runs]
-            if any(value is None for value in values):
-                row.append("n/a")
-                continue
-            row.append(mean_pm_std(values))
+            row.append("n/a" if None in values else mean_pm_std(values))
         lines.append(f"| {column_label(key)} | " + " | ".join(row) + f" | {len(runs)} |")
+    lines += ["", "Per run:", "", *_header(["setting", "seed", "final test acc (%)"], [])]
+    for key in _ordered(cells):
+        for run in sorted(cells[key], key=lambda run: run["summary"]["seed"]):
+            row = [column_label(key), str(run["summary"]["seed"]), f"{run['summary']['final_test_acc']:.2f}"]
+            for _, source, name in MEASURES:
+                value = run[source][name]
+                row.append("n/a" if value is None else _formatter(value)(value))
+            lines.append("| " + " | ".join(row) + " |")
     text = "\n".join(lines)
     if missing:
         text += "\n\nRuns without analysis_hessian.json and analysis_sharpness.json: " + ", ".join(

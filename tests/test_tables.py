@@ -107,12 +107,13 @@ def test_analysis_table_has_a_row_per_setting_with_mean_std_of_each_measure(swee
 
     assert lines[0].startswith("| setting | loss | λ_max | λ_max / λ_5 | trace | m-sharpness |")
     assert (
-        "| SGD | 0.500 ± 0.000 | 110 ± 14 | 2.00 ± 0.00 | 600 ± 141 | 0.300 ± 0.141 | 1.00e-05 ± 0.0e+00 | 2 |"
+        "| SGD | 0.500 ± 0.000 | 110 ± 14 | 2.00 ± 0.00 | 600 ± 141 | 0.300 ± 0.141 | 1.00e-05 ± 0.00e+00 | 2 |"
         in lines
     )
     assert (
-        "| SAM | 0.500 ± 0.000 | 50.0 ± 0.0 | 2.00 ± 0.00 | 300 ± 0 | 0.100 ± 0.000 | 1.00e-05 ± 0.0e+00 | 1 |"
+        "| SAM | 0.500 ± 0.000 | 50.0 ± 0.0 | 2.00 ± 0.00 | 300 ± 0 | 0.100 ± 0.000 | 1.00e-05 ± 0.00e+00 | 1 |"
         in lines
     )
+    assert "| SGD | 1 | 90.00 | 0.500 | 120 | 2.00 | 700 | 0.400 | 1.00e-05 |" in lines
     missing = lines[-1]
     assert missing.startswith("Runs without analysis_hessian.json") and str(sweep / "f0") in missing
