@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name
-from ssam.train.run import build_data, build_loaders
+from ssam.train.run import build_loaders, datasets_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOADERS = {"cpu_dataloader": "false", "on_device": "true"}  # label: dataset.on_device
@@ -80,7 +80,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for label, on_device in LOADERS.items():
             cfg = compose(config_name="train", overrides=[*overrides, f"dataset.on_device={on_device}"])
-            train_set, test_set = build_data(cfg)
+            train_set, test_set = datasets_from_config(cfg)
             sampler = EpochShuffle(len(train_set), cfg.seed)
             train_loader, _ = build_loaders(
                 cfg, PerSampleSeeded(train_set, cfg.seed), test_set, sampler, device

@@ -99,3 +99,31 @@ def test_other_granularities_and_norms_get_their_own_columns(tmp_path):
     assert "| dataset / model | SSAM-F s=0.5 | SSAM-F (tensor, masked norm) s=0.5 |" in result.stdout
     assert "‡" not in result.stdout.split("⚠ fewer")[0]
     run_script("scripts/plots.py", str(tmp_path), "--out", str(tmp_path / "figures"))
+
+
+def write_analysis(folder: Path, lambda_max: float, trace: float, m_sharpness: float) -> None:
+    hessian = {"loss": 0.5, "lambda_max": lambda_max, "lambda_max_over_lambda_5": 2.0, "trace": trace}
+    sharpness = {"m_sharpness": m_sharpness, "random_sharpness": 1e-5}
+    (folder / "analysis_hessian.json").write_text(json.dumps(hessian))
+    (folder / "analysis_sharpness.json").write_text(json.dumps(sharpness))
+
+
+def test_analysis_table_has_a_row_per_setting_with_mean_std_of_each_measure(sweep):
+    write_analysis(sweep / "sgd0", 100.0, 500.0, 0.2)
+    write_analysis(sweep / "sgd1", 120.0, 700.0, 0.4)
+    write_analysis(sweep / "sam0", 50.0, 300.0, 0.1)
+
+    lines = run_script("scripts/analysis_table.py", str(sweep)).stdout.splitlines()
+
+    assert lines[0].startswith("| setting | loss | λ_max | λ_max / λ_5 | trace | m-sharpness |")
+    assert (
+        "| SGD | 0.500 ± 0.000 | 110 ± 14 | 2.00 ± 0.00 | 600 ± 141 | 0.300 ± 0.141 | 1.00e-05 ± 0.00e+00 | 2 |"
+        in lines
+    )
+    assert (
+        "| SAM | 0.500 ± 0.000 | 50.0 ± 0.0 | 2.00 ± 0.00 | 300 ± 0 | 0.100 ± 0.000 | 1.00e-05 ± 0.00e+00 | 1 |"
+        in lines
+    )
+    assert "| SGD | 1 | 90.00 | 0.500 | 120 | 2.00 | 700 | 0.400 | 1.00e-05 |" in lines
+    missing = lines[-1]
+    assert missing.startswith("Runs without analysis_hessian.json") and str(sweep / "f0") in missing

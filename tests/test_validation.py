@@ -148,6 +148,10 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
             ["optimizer=ssam_f", "optimizer.ascent_fraction=1.5"],
             "optimizer.ascent_fraction must be in (0, 1], got 1.5",
         ),
+        (
+            ["trainer.track_sharpness_every=-1"],
+            "trainer.track_sharpness_every must be an integer >= 0, got -1",
+        ),
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
         (["dataset.on_device=maybe"], "dataset.on_device must be true or false, got 'maybe'"),

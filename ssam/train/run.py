@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssam import data
+from ssam.analysis.tracking import SharpnessTracker
 from ssam.data import DataError
 from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
@@ -54,8 +55,11 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    """The training and test sets that cfg.dataset describes, fetched first if asked to."""
+def datasets_from_config(
+    cfg: DictConfig, *, augment: bool = True
+) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
+    """The run's (train, test) datasets; ``augment=False`` leaves out the training set's random
+    crop, flip and Cutout (for measurements that must see the same images every time)."""
     dataset = cfg.dataset
     if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
         data.download(dataset.name, dataset.root)
@@ -67,9 +71,20 @@ def build_data(cfg: DictConfig) -> tuple[torch.utils.data.Dataset, torch.utils.d
         std=list(dataset.std),
         train_size=dataset.train_size,
         test_size=dataset.test_size,
-        crop_padding=dataset.crop_padding,
-        hflip=dataset.hflip,
-        cutout=dataset.cutout,
+        crop_padding=dataset.crop_padding if augment else 0,
+        hflip=dataset.hflip and augment,
+        cutout=dataset.cutout and augment,
+    )
+
+
+def model_from_config(cfg: DictConfig) -> torch.nn.Module:
+    """The run's model, freshly initialised (from torch's global random state)."""
+    return build_model(
+        cfg.model.name,
+        num_classes=cfg.dataset.num_classes,
+        in_channels=cfg.dataset.in_channels,
+        image_size=cfg.dataset.image_size,
+        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     )
 
 
@@ -319,7 +334,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     seed_everything(cfg.seed)
 
     try:
-        train_set, test_set = build_data(cfg)
+        train_set, test_set = datasets_from_config(cfg)
     except DataError:
         raise
     except ValueError as error:  # a setting that only the data can check (a subset too large)
@@ -334,13 +349,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         batch_size=cfg.batch_size,
     )
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-    model = build_model(
-        cfg.model.name,
-        num_classes=cfg.dataset.num_classes,
-        in_channels=cfg.dataset.in_channels,
-        image_size=cfg.dataset.image_size,
-        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
-    ).to(device, memory_format=memory_format)
+    model = model_from_config(cfg).to(device, memory_format=memory_format)
     if cfg.trainer.sync_batchnorm and replicas.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     # Training runs the replica (DDP when data-parallel) and evaluation the module, compiled if
@@ -448,6 +457,8 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         perturbation=cfg.optimizer.get("perturbation", "global"),
         replicas=replicas,
     )
+    track_every = cfg.trainer.track_sharpness_every
+    tracker = SharpnessTracker(train_set) if track_every else None  # before the loop: see its docstring
     for epoch in range(history["epoch"], cfg.epochs):
         if epoch_progress is None:
             epoch_progress = EpochProgress(
@@ -509,6 +520,8 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         if sparse:
             record["mask_density"] = optimizer.mask_density()
             record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
+        if tracker is not None and (epoch + 1) % track_every == 0:
+            record["lambda_max"] = tracker.lambda_max(model)
         if replicas.is_main:
             metrics.append(record)
         if sink is not None:

@@ -104,6 +104,9 @@ def validate_config(cfg: DictConfig) -> None:
             "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run on the CPU; "
             "set trainer.sync_batchnorm=false"
         )
+    track_every = cfg.trainer.track_sharpness_every
+    if not (_is_int(track_every) and track_every >= 0):
+        raise ConfigError(f"trainer.track_sharpness_every must be an integer >= 0, got {track_every!r}")
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
     if not isinstance(cfg.dataset.on_device, bool):
