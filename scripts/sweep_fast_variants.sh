@@ -4,10 +4,11 @@
 # what lets its ascent skip gradients) at sparsity 0.5 and 0.9, three seeds each, with the
 # fmnist_cpu preset (10k training images, 3 epochs). Then the tables.
 #   bash scripts/sweep_fast_variants.sh            # about 15 minutes on a 2-core CPU
+#   bash scripts/sweep_fast_variants.sh resume=false   # extra settings go to every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-COMMON=(experiment=fmnist_cpu experiment_name=fmnist_fast_variants seed=0,1,2 trainer.progress_bar=false)
+COMMON=(experiment=fmnist_cpu experiment_name=fmnist_fast_variants seed=0,1,2 trainer.progress_bar=false "$@")
 $PY train.py -m "${COMMON[@]}" optimizer=sgd,sam
 $PY train.py -m "${COMMON[@]}" optimizer=ssam_f sparsity=0.5,0.9
 $PY train.py -m "${COMMON[@]}" optimizer=ssam_f sparsity=0.5,0.9 optimizer.granularity=tensor optimizer.norm=masked

@@ -65,6 +65,7 @@ SUMMARY_KEYS = {
     "step_time_s",
     "peak_memory_mb",
     "torch_version",
+    "threads",
     "device",
 }
 

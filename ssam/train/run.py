@@ -558,6 +558,8 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "peak_memory_mb": history["peak_memory_mb"],
         "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
         "torch_version": torch.__version__,
+        # CPU kernels split their sums by thread, so the count is part of a run's exact numbers.
+        "threads": torch.get_num_threads(),
         "device": device_name(device),
         "world_size": replicas.world_size,
     }
