@@ -187,3 +187,12 @@ def test_automatic_cost_budget_is_half_the_density(sparsity):
     )
     assert automatic == explicit.choose(scores, sizes, budget)
     assert cost.of(automatic) <= 0.5 * budget / sum(sizes) * cost.full
+
+
+@pytest.mark.parametrize("reduce", ["sum", "mean"])
+def test_random_tensor_scores_are_one_draw_per_tensor_weighted_by_size_under_sum(reduce):
+    params = list(small_conv_net().parameters())
+    strategy = DynamicMask(total_epochs=4, seed=5, selection=TensorSelection(reduce=reduce))
+    draws = torch.rand(len(params), generator=torch.Generator().manual_seed(5)).tolist()
+    expected = [d * p.numel() for d, p in zip(draws, params)] if reduce == "sum" else draws
+    assert strategy._tensor_scores("random", params) == expected

@@ -239,7 +239,13 @@ class DynamicMask:
 
     def _tensor_scores(self, kind: str, params: list[torch.Tensor]) -> list[float]:
         if kind == "random":
-            return torch.rand(len(params), generator=self.generator).tolist()
+            # One draw per tensor, weighted by its size under "sum" as a sum over its entries
+            # would be, so that a random choice fills the entry budget rather than collecting
+            # the many one-row BatchNorm tensors.
+            draws = torch.rand(len(params), generator=self.generator).tolist()
+            if self.selection.reduce == "mean":
+                return draws
+            return [draw * p.numel() for draw, p in zip(draws, params)]
         return self.selection.tensor_scores(
             torch.split(self._scores(kind, params), [p.numel() for p in params])
         )
