@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from tables import METHOD_ORDER, column, column_label, mean_std
+from tables import column, column_label, column_order, mean_std
 
 # (column title, analysis file, key in it)
 MEASURES = (
@@ -47,7 +47,7 @@ def mean_pm_std(values: list[float]) -> str:
 
 
 def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
-    """{(optimizer, sparsity): one record per run}, and the run directories lacking analyses."""
+    """{(optimizer, sparsity, variant): one record per run}, and the run directories lacking analyses."""
     cells, missing = defaultdict(list), []
     for summary_path in sorted(root.rglob("summary.json")):
         run_dir = summary_path.parent
@@ -62,7 +62,7 @@ def collect(root: Path) -> tuple[dict[tuple, list[dict]], list[Path]]:
 
 
 def _ordered(cells: dict[tuple, list[dict]]) -> list[tuple]:
-    return sorted(cells, key=lambda k: (METHOD_ORDER.get(k[0], 9), -1 if k[1] is None else k[1]))
+    return sorted(cells, key=column_order)
 
 
 def _header(first: list[str], last: list[str]) -> list[str]:

@@ -37,14 +37,38 @@ def collect(root: Path) -> tuple[list[dict], list[Path]]:
     return summaries, unfinished
 
 
+# Settings that make a run another method than the paper's, with the paper's value; a summary
+# without one (written before it existed) has that value.
+PAPER_SETTINGS = {
+    "granularity": "element",
+    "norm": "full",
+    "tensor_score": "sum",
+    "ascent_cost": "auto",
+    "ascent_fraction": 1.0,
+    "perturbation": "global",
+    "amp": "none",
+}
+
+
+def _variant_label(key: str, value) -> str:
+    if key == "granularity":
+        return str(value)
+    if key == "norm":
+        return f"{value} norm"
+    return f"{key}={value}"
+
+
 def column(summary: dict) -> tuple[str, float | None, str]:
-    """(optimizer, sparsity, variant); the variant names what differs from the paper's mask
-    (older summaries, from before granularity existed, are the paper's)."""
-    variant = []
-    if summary.get("granularity", "element") not in ("element", None):
-        variant.append(summary["granularity"])
-    if summary.get("norm", "full") not in ("full", None):
-        variant.append(f"{summary['norm']} norm")
+    """(optimizer, sparsity, variant); the variant names each setting that differs from the
+    paper's method, so that such runs get their own column rather than being pooled."""
+    variant = [
+        _variant_label(key, summary[key])
+        for key, paper in PAPER_SETTINGS.items()
+        if summary.get(key) is not None
+        and summary[key] != paper
+        # One process: local and global perturbation are the same.
+        and not (key == "perturbation" and summary.get("world_size", 1) == 1)
+    ]
     return summary["optimizer"], summary["sparsity"], ", ".join(variant)
 
 
@@ -85,7 +109,13 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def _columns(table) -> list[tuple]:
     keys = {key for cells in table.values() for key in cells}
-    return sorted(keys, key=lambda k: (METHOD_ORDER.get(k[0], 9), k[2], -1 if k[1] is None else k[1]))
+    return sorted(keys, key=column_order)
+
+
+def column_order(key: tuple[str, float | None, str]) -> tuple:
+    """SGD, SAM, SSAM-F, SSAM-D; the paper's method before its variants; sparsity ascending."""
+    optimizer, sparsity, variant = key
+    return METHOD_ORDER.get(optimizer, 9), variant, -1 if sparsity is None else sparsity
 
 
 def markdown(table, unfinished: list[Path]) -> str:

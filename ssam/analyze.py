@@ -120,7 +120,13 @@ def load_run_config(run_dir: Path) -> DictConfig:
 
 def load_model(run_config: DictConfig, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
     model = model_from_config(run_config).to(device)
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(
+            f"the checkpoint's weights do not fit the model its run directory's config describes "
+            f"({run_config.model.name}): {error}"
+        ) from error
     return model
 
 
@@ -238,7 +244,10 @@ def masks_report(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "masks.jsonl"
     if not path.is_file() or not path.read_text().strip():
         return None
-    history = read_mask_history(path)
+    try:
+        history = read_mask_history(path)
+    except (ValueError, KeyError) as error:  # json.JSONDecodeError is a ValueError
+        raise DataError(f"{path} cannot be read as a mask history: {error!r}") from error
     figures.plot_mask_history(history, run_dir / "analysis_masks.png")
     report = history.to_json()
     if history.overlap_with_previous is None:

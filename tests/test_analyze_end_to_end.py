@@ -3,6 +3,7 @@ writes, the errors it gives, and λ_max tracking during training that leaves the
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,14 @@ def test_tracking_sharpness_logs_lambda_max_and_leaves_training_bit_identical(ru
     weights, tracked_weights = model_weights(runs["ssam_f"]), model_weights(tracked)
     for name, tensor in weights.items():
         assert tensor.equal(tracked_weights[name]), name
+
+
+def test_a_damaged_mask_log_exits_2_naming_the_file(runs, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(runs["ssam_f"], damaged)
+    masks = damaged / "masks.jsonl"
+    masks.write_text(masks.read_text()[:-20])  # a run killed while writing its last line
+    result = analyze([f"checkpoint={damaged / 'last.pt'}", "what=[masks]"])
+    assert result.returncode == 2
+    assert "masks.jsonl cannot be read as a mask history" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -127,3 +127,14 @@ def test_analysis_table_has_a_row_per_setting_with_mean_std_of_each_measure(swee
     assert "| SGD | 1 | 90.00 | 0.500 | 120 | 2.00 | 700 | 0.400 | 1.00e-05 |" in lines
     missing = lines[-1]
     assert missing.startswith("Runs without analysis_hessian.json") and str(sweep / "f0") in missing
+
+
+def test_amp_and_m_sharpness_runs_are_not_pooled_with_the_paper_method(tmp_path):
+    write_run(tmp_path / "plain", {**summary("sam", None, 0, 90.0, 90.0, 20.0), "amp": "none"})
+    write_run(tmp_path / "bf16", {**summary("sam", None, 0, 89.0, 89.0, 10.0), "amp": "bf16"})
+    fraction = {**summary("sam", None, 0, 88.0, 88.0, 15.0), "ascent_fraction": 0.25}
+    write_run(tmp_path / "fraction", fraction)
+    local = {**summary("sam", None, 0, 87.0, 87.0, 15.0), "perturbation": "local", "world_size": 1}
+    write_run(tmp_path / "local_single", local)
+    header = run_script("scripts/tables.py", str(tmp_path)).stdout.splitlines()[2]
+    assert header == "| dataset / model | SAM | SAM (amp=bf16) | SAM (ascent_fraction=0.25) |"

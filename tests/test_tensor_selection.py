@@ -6,12 +6,14 @@ import random
 import pytest
 import torch
 from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
-from test_ssam import RHO, SGD_OPTIONS, fisher_strategy, train
+from test_ssam import RHO, SGD_OPTIONS, FixedMask, fisher_strategy, train
 from torch import nn
+from torch.utils.data import TensorDataset
 
 from ssam import SAM, SSAM, DynamicMask, TensorSelection, estimate_backward_cost
 from ssam.optim.backward_cost import BackwardCost
 from ssam.train.loop import training_step
+from ssam.train.optimizers import build_mask_strategy
 
 
 def mlp():
@@ -145,7 +147,8 @@ def test_fisher_mask_chooses_whole_tensors_within_budget(ascent_cost):
 
 def test_dynamic_mask_moves_whole_tensors_and_keeps_within_budget():
     model = small_conv_net()
-    strategy = DynamicMask(total_epochs=4, drop_rate=0.5, seed=1, selection=TensorSelection())
+    # Averaged scores: with sums, this small net's largest tensors win every draw.
+    strategy = DynamicMask(total_epochs=4, drop_rate=0.5, seed=1, selection=TensorSelection(reduce="mean"))
     optimizer = tensor_sparse_sam(model, strategy, 0.8)
     data = batches(2)
     train(model, optimizer, data, epochs=1)
@@ -196,3 +199,30 @@ def test_random_tensor_scores_are_one_draw_per_tensor_weighted_by_size_under_sum
     draws = torch.rand(len(params), generator=torch.Generator().manual_seed(5)).tolist()
     expected = [d * p.numel() for d, p in zip(draws, params)] if reduce == "sum" else draws
     assert strategy._tensor_scores("random", params) == expected
+
+
+def test_tensor_granularity_with_the_trainers_defaults_at_sparsity_zero_is_sam_bitwise():
+    data = batches(4)
+    sam_model = small_conv_net()
+    train(sam_model, SAM(sam_model.parameters(), torch.optim.SGD, rho=RHO, **SGD_OPTIONS), data, epochs=1)
+    model = small_conv_net()
+    dataset = TensorDataset(torch.cat([x for x, _ in data]), torch.cat([y for _, y in data]))
+    strategy = build_mask_strategy(
+        "ssam_f", model, dataset, epochs=1, seed=0, update_freq=1, num_samples=8, granularity="tensor"
+    )
+    assert strategy.selection.ascent_cost == "auto"
+    optimizer = SSAM(
+        model.parameters(), torch.optim.SGD, rho=RHO, sparsity=0.0, mask_strategy=strategy, **SGD_OPTIONS
+    )
+    train(model, optimizer, data, epochs=1)
+    assert optimizer.mask_density() == 1.0
+    assert_bitwise_equal(parameters_of(model), parameters_of(sam_model))
+
+
+def test_an_empty_mask_reports_a_zero_perturbation():
+    model = small_conv_net()
+    masks = [torch.zeros(p.shape, dtype=torch.bool) for p in model.parameters()]
+    optimizer = tensor_sparse_sam(model, FixedMask(masks), 1.0)
+    optimizer.last_perturbation_norm = torch.tensor(3.0)  # as if left from an earlier step
+    train(model, optimizer, batches(1))
+    assert optimizer.last_perturbation_norm.item() == 0.0

@@ -11,7 +11,8 @@ its ``start``, in batches like a DataLoader with drop_last=False.
 Augmentation: the same recipe as ``small_image_transform`` (zero-padded random crop,
 horizontal flip with p = 0.5, normalise, then Cutout), but NOT the same draws. The CPU
 pipeline seeds each example from (seed, epoch, index) on torch's global generator; here one
-generator on the device is seeded per batch from (seed, epoch, batch index). Both depend only
+generator on the device is seeded per batch from (seed, epoch, batch index), data-parallel also
+from the process's rank, so that processes draw differently. Both depend only
 on (seed, epoch, position), so a resumed run continues bit for bit with the loader it started
 with, but a run trained with one loader does not reproduce a run trained with the other.
 """
@@ -143,8 +144,10 @@ class DeviceTrainLoader:
             raise ValueError(f"the sampler starts at example {start}, not at a batch of {self.batch_size}")
         order = self.sampler.order().to(self.images.device)
         for batch_index, indices in enumerate(order.split(self.batch_size), start=start // self.batch_size):
-            # The rank too: each data-parallel process augments its own examples differently.
-            seed = mixed_seed(self.sampler.seed, self.sampler.epoch, batch_index, self.sampler.rank)
+            # Data-parallel, the rank too, so that the processes' draws differ; one process keeps
+            # the seeds it has always had.
+            ranked = (self.sampler.rank,) if self.sampler.world_size > 1 else ()
+            seed = mixed_seed(self.sampler.seed, self.sampler.epoch, batch_index, *ranked)
             self.generator.manual_seed(seed)
             yield self._augmented(self.images[indices]), self.labels[indices]
 

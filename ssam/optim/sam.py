@@ -125,6 +125,8 @@ class SAM(Optimizer):
         if perturbation_norms:
             device = perturbation_norms[0].device
             self.last_perturbation_norm = torch.stack([n.to(device) for n in perturbation_norms]).norm(p=2)
+        else:  # nothing perturbed (an empty mask): ε = 0, not the last step's
+            self.last_perturbation_norm = torch.zeros(())
         if zero_grad:
             self.zero_grad()
 

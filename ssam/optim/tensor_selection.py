@@ -13,8 +13,8 @@ tensor above it, so the search runs over the depths where the backward could sto
 the tensors at or above it are taken in score order while they fit both budgets, and the
 depth whose selection holds the most score wins (the shallower one on a tie). ``ascent_cost = 1``
 is a plain fill by score; lower values trade fidelity for speed. ``"auto"`` is half the density,
-(1 − s)/2: the sparser the mask, the cheaper its ascent. Both budgets are ceilings, so the
-density is ≤ 1 − s.
+(1 − s)/2: the sparser the mask, the cheaper its ascent; at s = 0 no budget applies, so that
+sparsity 0 is SAM. Both budgets are ceilings, so the density is ≤ 1 − s.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class TensorSelection:
         chosen = set(chosen or ())
         candidates = [i for i in range(len(scores)) if i not in chosen and i not in (excluded or ())]
         candidates.sort(key=lambda i: (-scores[i], i))
-        limit = 0.5 * budget / sum(sizes) if self.ascent_cost == "auto" else self.ascent_cost
+        density = budget / sum(sizes)
+        limit = (0.5 * density if density < 1.0 else 1.0) if self.ascent_cost == "auto" else self.ascent_cost
         if limit >= 1.0:
             return self._fill(chosen, candidates, sizes, budget)
         best, best_score = chosen, sum(scores[i] for i in chosen)

@@ -204,7 +204,15 @@ def _process_device(setting: str) -> torch.device:
     if device.type != "cuda":
         return device
     # One visible GPU per process (CUDA_VISIBLE_DEVICES set per task) or all of the node's.
-    index = 0 if torch.cuda.device_count() == 1 else int(os.environ.get("LOCAL_RANK", 0))
+    count = torch.cuda.device_count()
+    index = 0 if count == 1 else int(os.environ.get("LOCAL_RANK", 0))
+    if index >= count:
+        from ssam.train.validate import ConfigError  # validate imports the loop, which imports us
+
+        raise ConfigError(
+            f"this process has LOCAL_RANK {index} but the machine shows {count} GPUs: start at most "
+            f"{count} processes per node (torchrun --nproc_per_node={count}), one per GPU"
+        )
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
 

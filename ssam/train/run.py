@@ -21,7 +21,7 @@ from ssam import data
 from ssam.analysis.tracking import SharpnessTracker
 from ssam.data import DataError
 from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
-from ssam.data.sampling import EpochShuffle, PerSampleSeeded
+from ssam.data.sampling import EpochShuffle, PerSampleSeeded, mixed_seed
 from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.optim import SAM, SSAM
@@ -45,7 +45,7 @@ from ssam.train.wandb_sink import WandbSink
 # Settings that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name")
 # The trainer settings that do change them (other kernels, other rounding).
-NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile")
+NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile", "sync_batchnorm")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -264,7 +264,7 @@ def _resume(
         fast_forward(scheduler, history["epoch"] * steps_per_epoch)
     else:
         scheduler.load_state_dict(checkpoint["scheduler"])
-    precision.load_state_dict(checkpoint.get("precision", {}))  # absent before amp existed
+    precision.load_state_dict(checkpoint["precision"])
     set_rng_state(checkpoint["rng"])
     progress = None if saved_progress is None else EpochProgress(**saved_progress)
     if progress is not None and not replicas.is_main:
@@ -307,18 +307,19 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     Under torchrun every process runs this; rank 0 alone touches ``run_dir`` and the console."""
     validate_config(cfg)
-    if (
-        cfg.optimizer.name in SPARSE
-        and cfg.optimizer.granularity == "tensor"
-        and cfg.optimizer.norm == "full"
-    ):
-        print(
-            "note: optimizer.norm=full divides ρ by the norm of every weight's gradient, so the ascent "
-            "still computes them all and granularity=tensor saves no time; optimizer.norm=masked does"
-        )
     run_dir = Path(run_dir)
     replicas = join_processes(cfg.device)
     with replicas.console(), ExitStack() as lock:
+        if (
+            cfg.optimizer.name in SPARSE
+            and cfg.optimizer.granularity == "tensor"
+            and cfg.optimizer.norm == "full"
+        ):
+            print(
+                "note: optimizer.norm=full divides ρ by the norm of every weight's gradient, so the "
+                "ascent still computes them all and granularity=tensor saves no time; "
+                "optimizer.norm=masked does"
+            )
 
         def hold_run_directory() -> None:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +359,10 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     # differ in size, so nothing in it may wait on the others.
     compiled = torch.compile if cfg.trainer.compile else (lambda module: module)
     training_model = replicas.wrap(model)
+    if replicas.world_size > 1:
+        # The replicas now hold rank 0's weights; from here each process draws its own random
+        # numbers (dropout, say) rather than the same ones as every other.
+        seed_everything(mixed_seed(cfg.seed, replicas.rank))
     forward_model = compiled(training_model)
     evaluation_model = forward_model if training_model is model else compiled(model)
     precision = Precision(cfg.trainer.amp, device)
@@ -552,6 +557,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "model": cfg.model.name,
         "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
         "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
+        "amp": cfg.trainer.amp,
         "seed": cfg.seed,
         "train_time_s": history["train_time_s"],
         "step_time_s": statistics.median(history["step_times_s"]),
@@ -563,9 +569,15 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "device": device_name(device),
         "world_size": replicas.world_size,
     }
+    if cfg.optimizer.name in SHARPNESS_AWARE:
+        summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
+        summary["perturbation"] = cfg.optimizer.perturbation
     if sparse:
         summary["granularity"] = cfg.optimizer.granularity
         summary["norm"] = cfg.optimizer.norm
+        if cfg.optimizer.granularity == "tensor":
+            summary["tensor_score"] = cfg.optimizer.tensor_score
+            summary["ascent_cost"] = cfg.optimizer.ascent_cost
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
     if replicas.is_main:
