@@ -5,7 +5,9 @@
 #      channels-last;
 #   2. the fast-variants accuracy table on Fashion-MNIST (all 60,000 images, ResNet-18, 3 epochs,
 #      data on the GPU): SGD, SAM, element-wise SSAM-F and tensor-granular SSAM-F (norm masked) at
-#      s = 0.5 and 0.9, seeds 0, 1, 2; the three seeds run side by side on the one GPU.
+#      s = 0.5 and 0.9, seeds 0, 1, 2; the three seeds run side by side on the one GPU, to fit
+#      the time, so the table's time-per-epoch column measures shared use: the step benchmark
+#      is the speed measurement.
 # Everything lands in $RESULTS (default results/gpu_<card name>), eight files at most.
 #
 #   bash scripts/gpu_prepare.sh       # here first, with the network: wheels and data, git-ignored
