@@ -94,3 +94,16 @@ def test_full_norm_and_a_due_refresh_compute_every_gradient():
     full.set_epoch(0)
     full.update_mask()
     assert len(full.ascent_parameters()) == len(list(model.parameters()))
+
+
+def test_the_ascent_forward_records_no_graph_below_the_lowest_perturbed_tensor():
+    model = small_conv_net()
+    optimizer = sparse_sam(model, "masked")
+    optimizer.set_epoch(0)
+    (x, y), (x2, _) = batches(2)
+    training_step(model, optimizer, x, y)  # the first step makes the mask
+    with optimizer.ascent_graph():
+        hidden = model[:3](x2)
+        logits = model[3:](hidden)
+    assert not hidden.requires_grad and logits.requires_grad
+    assert all(p.requires_grad for p in model.parameters())

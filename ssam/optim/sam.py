@@ -25,7 +25,8 @@ its mask perturbs, which lets autograd stop below the lowest of them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -65,6 +66,26 @@ class SAM(Optimizer):
     def ascent_parameters(self) -> list[torch.Tensor]:
         """The parameters whose ascent gradient the next ``first_step`` reads."""
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]
+
+    @contextmanager
+    def ascent_graph(self) -> Iterator[None]:
+        """Around the ascent's forward pass: inside, the parameters outside
+        ``ascent_parameters()`` do not require gradients, so autograd builds no graph and keeps
+        no activations for the layers below the lowest perturbed tensor."""
+        wanted = {id(p) for p in self.ascent_parameters()}
+        frozen = [
+            p
+            for group in self.param_groups
+            for p in group["params"]
+            if p.requires_grad and id(p) not in wanted
+        ]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     def ascent_backward(self, loss: torch.Tensor) -> None:
         """The ascent pass's backward: gradients of ``loss`` into ``.grad`` for

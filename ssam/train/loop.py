@@ -117,7 +117,11 @@ def training_step(
         return StepResult(loss.detach(), correct, len(targets), skipped=True)
 
     with replicas.ascent_pass(model) if sharpness_aware else nullcontext():
-        with frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(), precision.autocast():
+        with (
+            optimizer.ascent_graph() if sharpness_aware else nullcontext(),
+            frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(),
+            precision.autocast(),
+        ):
             logits = model(inputs)
             loss = F.cross_entropy(logits, targets)
         optimizer.zero_grad(set_to_none=True)
