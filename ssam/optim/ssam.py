@@ -80,6 +80,7 @@ class SSAM(SAM):
         self.masks: list[torch.Tensor] | None = None
         self._mask_of: dict[torch.Tensor, torch.Tensor] = {}
         self._active: set[torch.Tensor] = set()
+        self._partial: set[torch.Tensor] = set()
         self._update_due = True
         self.mask_updates = 0
         self.mask_update_time_s = 0.0
@@ -99,8 +100,10 @@ class SSAM(SAM):
         params = self.params
         self.masks = [m.to(device=p.device, dtype=torch.bool) for m, p in zip(masks, params)]
         self._mask_of = dict(zip(params, self.masks))
-        # One host sync per refresh, so that steps can skip fully masked tensors without one.
+        # One host sync per refresh, so that steps skip fully masked tensors, and the mask
+        # multiply on fully unmasked ones, without one.
         self._active = {p for p, m in self._mask_of.items() if bool(m.any())}
+        self._partial = {p for p in self._active if not bool(self._mask_of[p].all())}
 
     @torch.no_grad()
     def update_mask(self) -> None:
@@ -132,7 +135,8 @@ class SSAM(SAM):
         return param.grad * self._mask_of[param]
 
     def _restrict_(self, perturbation: torch.Tensor, param: torch.Tensor) -> None:
-        perturbation.mul_(self._mask_of[param])
+        if param in self._partial:
+            perturbation.mul_(self._mask_of[param])
 
     def _is_perturbed(self, param: torch.Tensor) -> bool:
         return param.grad is not None and param in self._active

@@ -362,7 +362,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     if replicas.world_size > 1:
         # The replicas now hold rank 0's weights; from here each process draws its own random
         # numbers (dropout, say) rather than the same ones as every other.
-        seed_everything(mixed_seed(cfg.seed, replicas.rank))
+        seed_everything(mixed_seed(cfg.seed, replicas.rank) % 2**32)  # NumPy takes 32 bits
     forward_model = compiled(training_model)
     evaluation_model = forward_model if training_model is model else compiled(model)
     precision = Precision(cfg.trainer.amp, device)
