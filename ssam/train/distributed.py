@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, Subset
 
 from ssam.devices import resolve_device
 from ssam.optim.ssam import MaskStrategy
+from ssam.train.errors import ConfigError
 
 # The collective backend for each kind of device.
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
@@ -207,8 +208,6 @@ def _process_device(setting: str) -> torch.device:
     count = torch.cuda.device_count()
     index = 0 if count == 1 else int(os.environ.get("LOCAL_RANK", 0))
     if index >= count:
-        from ssam.train.validate import ConfigError  # validate imports the loop, which imports us
-
         raise ConfigError(
             f"this process has LOCAL_RANK {index} but the machine shows {count} GPUs: start at most "
             f"{count} processes per node (torchrun --nproc_per_node={count}), one per GPU"

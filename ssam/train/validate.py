@@ -15,6 +15,7 @@ from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
 from ssam.optim.tensor_selection import TENSOR_SCORES
+from ssam.train.errors import ConfigError
 from ssam.train.loop import BN_STATS, ON_NONFINITE, PERTURBATIONS
 from ssam.train.optimizers import GRANULARITIES, OPTIMIZERS, SHARPNESS_AWARE, SPARSE
 from ssam.train.precision import AMP
@@ -22,10 +23,6 @@ from ssam.train.schedulers import SCHEDULERS
 from ssam.train.wandb_sink import WANDB_MODES
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class ConfigError(ValueError):
-    """A setting has a value the trainer cannot use."""
 
 
 def _is_int(value: Any) -> bool:
@@ -109,8 +106,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.track_sharpness_every must be an integer >= 0, got {track_every!r}")
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
-    if not isinstance(cfg.dataset.on_device, bool):
-        raise ConfigError(f"dataset.on_device must be true or false, got {cfg.dataset.on_device!r}")
+    _boolean("dataset.on_device", cfg.dataset.on_device)
     if cfg.dataset.on_device and cfg.dataset.name not in IN_MEMORY_DATASETS:
         raise ConfigError(
             f"dataset.on_device=true works for {', '.join(IN_MEMORY_DATASETS)} (held in memory), "
