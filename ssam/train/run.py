@@ -458,10 +458,13 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
         on_nonfinite=cfg.trainer.on_nonfinite,
         ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
+        m=cfg.optimizer.get("m"),
         precision=precision,
         perturbation=cfg.optimizer.get("perturbation", "global"),
         replicas=replicas,
     )
+    # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
+    sharpness_aware_from = math.ceil(cfg.optimizer.get("sam_from", 0.0) * cfg.epochs * steps_per_epoch)
     track_every = cfg.trainer.track_sharpness_every
     tracker = SharpnessTracker(train_set) if track_every else None  # before the loop: see its docstring
     for epoch in range(history["epoch"], cfg.epochs):
@@ -486,6 +489,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
                 step_options=step_options,
                 memory_format=memory_format,
                 after_step=after_step,
+                sharpness_aware_from=sharpness_aware_from - epoch * steps_per_epoch,
                 description=f"epoch {epoch + 1}/{cfg.epochs}",
                 progress_bar=cfg.trainer.progress_bar and replicas.is_main,
             )
@@ -522,6 +526,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         }
         if isinstance(optimizer, SAM):
             record["perturbation_norm"] = result.perturbation_norm
+            record["sharpness_aware_steps"] = result.sharpness_aware_steps
         if sparse:
             record["mask_density"] = optimizer.mask_density()
             record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
@@ -572,12 +577,16 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     if cfg.optimizer.name in SHARPNESS_AWARE:
         summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
         summary["perturbation"] = cfg.optimizer.perturbation
+        summary["sam_from"] = cfg.optimizer.sam_from
+        summary["m"] = cfg.optimizer.m
     if sparse:
         summary["granularity"] = cfg.optimizer.granularity
         summary["norm"] = cfg.optimizer.norm
         if cfg.optimizer.granularity == "tensor":
             summary["tensor_score"] = cfg.optimizer.tensor_score
             summary["ascent_cost"] = cfg.optimizer.ascent_cost
+        if cfg.optimizer.name == "ssam_d":
+            summary["drop_rate"] = cfg.optimizer.drop_rate
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
     if replicas.is_main:

@@ -125,6 +125,14 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"optimizer.ascent_fraction must be in (0, 1], got {optimizer.ascent_fraction!r}"
             )
+        _in_range("optimizer.sam_from", optimizer.sam_from, 0.0, 1.0, high_open=True)
+        _optional_positive_int("optimizer.m", optimizer.m)
+        if optimizer.m is not None and optimizer.ascent_fraction != 1:
+            raise ConfigError(
+                "optimizer.m (each shard of m examples climbs its own ε) and optimizer.ascent_fraction "
+                f"< 1 (one ε from part of the batch) are two different methods: set one, got m={optimizer.m}, "
+                f"ascent_fraction={optimizer.ascent_fraction}"
+            )
     if optimizer.name in SPARSE:
         _in_range("optimizer.sparsity", optimizer.sparsity, 0.0, 1.0, high_open=True)
         _one_of("optimizer.norm", optimizer.norm, NORMS)
