@@ -106,6 +106,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.track_sharpness_every must be an integer >= 0, got {track_every!r}")
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
+    # Whether val_size leaves enough training examples is checked where the data is known.
+    _optional_positive_int("dataset.val_size", cfg.dataset.val_size)
+    _in_range("dataset.label_noise", cfg.dataset.label_noise, 0.0, 1.0, high_open=True)
+    if not _is_int(cfg.dataset.label_noise_seed):
+        raise ConfigError(
+            f"dataset.label_noise_seed must be an integer, got {cfg.dataset.label_noise_seed!r}"
+        )
     _boolean("dataset.on_device", cfg.dataset.on_device)
     if cfg.dataset.on_device and cfg.dataset.name not in IN_MEMORY_DATASETS:
         raise ConfigError(
