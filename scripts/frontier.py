@@ -1,0 +1,631 @@
+"""The accuracy-vs-cost frontier: does Sparse SAM keep SAM's gain over SGD for less compute?
+
+    python scripts/frontier.py train --preset fmnist_noisy --seeds 0 1 2 3 4 --jobs 2 \\
+        --out outputs/frontier/fmnist_noisy
+    python scripts/frontier.py bench --preset fmnist_noisy --out outputs/frontier/fmnist_noisy
+    python scripts/frontier.py report --out outputs/frontier/fmnist_noisy --csv docs/frontier.csv \\
+        --figure docs/figures/frontier.png --markdown docs/frontier.md
+
+Every configuration of the frontier is one entry of CONFIGS (Hydra overrides on top of
+``experiment=<preset>``); ``--configs`` picks a subset, ``--set key=value ...`` adds overrides
+to every run.
+
+- ``train`` runs every (config, seed) through train.py in ``<out>/<config>/seed=<seed>``,
+  ``--jobs`` at once, each with cores / jobs torch threads; a finished run is skipped and an
+  interrupted one resumed (the trainer does both). Each run's output goes to its train.log;
+  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it.
+- ``bench`` measures each configuration's step cost relative to SGD in one process, on the
+  preset's own model, batch and data, built by the trainer's builders: the configurations take
+  turns each repeat, and the median is kept. Per step, with f = optimizer.sam_from,
+
+      cost = f · t_plain + (1 − f) · t_sharpness_aware + (t_first_mask + k · t_refresh) / T
+
+  where T = epochs × steps per epoch and k the mask refreshes after the first mask, both in the
+  sharpness-aware phase (Sparse SAM only). It writes ``<out>/step_cost.json``.
+- ``report`` reads the runs' summary.json, step_cost.json and sweep.json and writes the CSV,
+  the figure and a Markdown table; missing or unfinished runs are listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from bench_step import interleaved_times  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+import ssam.train.resolvers  # noqa: E402, F401  (registers the configs' resolvers)
+from ssam.data.sampling import EpochShuffle, PerSampleSeeded  # noqa: E402
+from ssam.devices import device_name, resolve_device  # noqa: E402
+from ssam.optim import SSAM  # noqa: E402
+from ssam.train.distributed import SINGLE_PROCESS  # noqa: E402
+from ssam.train.loop import StepOptions, training_step  # noqa: E402
+from ssam.train.precision import Precision  # noqa: E402
+from ssam.train.rng import seed_everything  # noqa: E402
+from ssam.train.run import _build_optimizer, build_loaders, datasets_from_config, model_from_config  # noqa: E402
+from ssam.train.validate import validate_config  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+TENSOR = ("optimizer=ssam_f", "optimizer.granularity=tensor", "optimizer.norm=masked")
+
+# The frontier's configurations: name -> Hydra overrides on top of experiment=<preset>.
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "sgd": ("optimizer=sgd",),
+    "sam": ("optimizer=sam",),
+    # Element-wise masks, the paper's method.
+    "ssam_f_s0.5": ("optimizer=ssam_f", "sparsity=0.5"),
+    "ssam_f_s0.9": ("optimizer=ssam_f", "sparsity=0.9"),
+    "ssam_d_s0.5": ("optimizer=ssam_d", "sparsity=0.5"),
+    "ssam_d_s0.9": ("optimizer=ssam_d", "sparsity=0.9"),
+    "ssam_f_s0.5_masked_norm": ("optimizer=ssam_f", "sparsity=0.5", "optimizer.norm=masked"),
+    # SSAM-D that never prunes or regrows: a fixed random mask.
+    "random_mask_s0.5": ("optimizer=ssam_d", "sparsity=0.5", "optimizer.drop_rate=0"),
+    # Whole tensors, cost-aware: the ascent's backward stops early.
+    "ssam_f_tensor_s0.5": (*TENSOR, "sparsity=0.5"),
+    "ssam_f_tensor_s0.9": (*TENSOR, "sparsity=0.9"),
+    # Late-phase SAM: plain SGD steps for the first fraction of training.
+    "late_sam_0.5": ("optimizer=sam", "optimizer.sam_from=0.5"),
+    "late_sam_0.8": ("optimizer=sam", "optimizer.sam_from=0.8"),
+    "late_ssam_f_tensor_s0.5_0.8": (*TENSOR, "sparsity=0.5", "optimizer.sam_from=0.8"),
+    # m-sharpness-style ascent on a quarter of the batch.
+    "ssam_f_tensor_s0.5_af0.25": (*TENSOR, "sparsity=0.5", "optimizer.ascent_fraction=0.25"),
+}
+REFERENCES = ("sgd", "sam")
+COST_LINE = 1.25  # the cost the frontier is judged at, × SGD's step
+CSV_COLUMNS = (
+    "config",
+    "n",
+    "test_acc_at_best_val_mean",
+    "test_acc_at_best_val_std",
+    "final_test_acc_mean",
+    "final_test_acc_std",
+    "step_cost_vs_sgd",
+    "run_time_vs_sgd",
+)
+
+
+def run_overrides(preset: str, config: str, extra: list[str]) -> list[str]:
+    """The Hydra overrides of one configuration: the preset, the config's own, then ``extra``."""
+    return [f"experiment={preset}", *CONFIGS[config], *extra]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The training config train.py would run with ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_dir(out: Path, config: str, seed: int) -> Path:
+    return out / config / f"seed={seed}"
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def train_command(preset: str, config: str, seed: int, extra: list[str], out: Path) -> list[str]:
+    return [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *run_overrides(preset, config, extra),
+        f"seed={seed}",
+        f"hydra.run.dir={run_dir(out, config, seed)}",
+        "trainer.progress_bar=false",
+    ]
+
+
+def train(args: argparse.Namespace) -> int:
+    """Every (config, seed), ``--jobs`` at a time; returns the number of failed runs."""
+    out = Path(args.out)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    jobs = [(config, seed) for config in args.configs for seed in args.seeds]
+
+    def launch(config: str, seed: int) -> dict:
+        folder = run_dir(out, config, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        command = train_command(args.preset, config, seed, args.set, out)
+        started = time.perf_counter()
+        with open(folder / "train.log", "a") as log:
+            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        return {
+            "config": config,
+            "seed": seed,
+            "returncode": returncode,
+            "wall_s": time.perf_counter() - started,
+        }
+
+    started = time.perf_counter()
+    runs = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(launch, config, seed) for config, seed in jobs]
+        for done, future in enumerate(as_completed(futures), start=1):
+            result = future.result()
+            runs.append(result)
+            folder = run_dir(out, result["config"], result["seed"])
+            if result["returncode"] == 0:
+                summary = json.loads((folder / "summary.json").read_text())
+                status = f"final_test_acc {summary['final_test_acc']:.2f}"
+                if "test_acc_at_best_val" in summary:
+                    status += f", test_acc_at_best_val {summary['test_acc_at_best_val']:.2f}"
+            else:
+                status = f"FAILED (exit {result['returncode']}), see {folder / 'train.log'}"
+            print(
+                f"[{done}/{len(jobs)}] {result['config']} seed={result['seed']}: "
+                f"{result['wall_s']:.1f} s, {status}",
+                flush=True,
+            )
+    record_path = out / "sweep.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
+    record["invocations"].append(
+        {
+            "preset": args.preset,
+            "configs": args.configs,
+            "seeds": args.seeds,
+            "set": args.set,
+            "jobs": args.jobs,
+            "threads_per_run": threads,
+            "wall_s": time.perf_counter() - started,
+            "runs": sorted(runs, key=lambda run: (run["config"], run["seed"])),
+        }
+    )
+    record_path.write_text(json.dumps(record, indent=2))
+    failed = sum(run["returncode"] != 0 for run in runs)
+    print(
+        f"{len(jobs) - failed} of {len(jobs)} runs finished; wall time {record['invocations'][-1]['wall_s']:.1f} s"
+    )
+    return failed
+
+
+# ---------------------------------------------------------------------------------- bench
+
+
+class BenchedConfig:
+    """One configuration built as the trainer builds it, with its steps ready to time."""
+
+    def __init__(self, cfg: DictConfig, batches: dict) -> None:
+        validate_config(cfg)
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        seed_everything(cfg.seed)
+        # The training set and its first batch, shared by every configuration with the same data.
+        key = (OmegaConf.to_yaml(cfg.dataset), cfg.batch_size, cfg.seed, str(device))
+        if key not in batches:
+            batches[key] = self._first_batch(cfg, device)
+        self.train_set, self.inputs, self.targets = batches[key]
+        seed_everything(cfg.seed)
+        model = model_from_config(cfg).to(device, memory_format=self.memory_format)
+        self.optimizer = _build_optimizer(cfg, model, self.train_set, SINGLE_PROCESS)
+        self.model = torch.compile(model) if cfg.trainer.compile else model
+        precision = Precision(cfg.trainer.amp, device)
+        self.step_options = StepOptions(
+            bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
+            on_nonfinite=cfg.trainer.on_nonfinite,
+            ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
+            precision=precision,
+            perturbation=cfg.optimizer.get("perturbation", "global"),
+            replicas=SINGLE_PROCESS,
+        )
+        self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.sparse = isinstance(self.optimizer, SSAM)
+
+    @staticmethod
+    def _first_batch(cfg: DictConfig, device: torch.device):
+        train_set, test_set = datasets_from_config(cfg)
+        train_set = PerSampleSeeded(train_set, cfg.seed)
+        sampler = EpochShuffle(len(train_set), cfg.seed, batch_size=cfg.batch_size)
+        train_loader, _ = build_loaders(cfg, train_set, test_set, sampler, device)
+        inputs, targets = next(iter(train_loader))
+        return train_set, inputs.to(device), targets.to(device)
+
+    def step(self, *, sharpness_aware: bool = True) -> None:
+        inputs = self.inputs.contiguous(memory_format=self.memory_format)
+        options = self.step_options.__dict__
+        if not sharpness_aware:
+            options = {**options, "sharpness_aware": False}
+        training_step(self.model, self.optimizer, inputs, self.targets, **options)
+
+    def first_sharpness_aware_epoch(self) -> int:
+        return int(self.sam_from * self.total_steps) // self.steps_per_epoch
+
+    def later_refreshes(self) -> int:
+        """Mask refreshes after the first mask (built at the first sharpness-aware step)."""
+        strategy = self.optimizer.mask_strategy
+        start = self.first_sharpness_aware_epoch()
+        return sum(strategy.is_due(epoch) for epoch in range(start + 1, self.cfg.epochs))
+
+    def refresh_epoch(self) -> int:
+        """An epoch at which the mask strategy refreshes (to time one refresh)."""
+        strategy = self.optimizer.mask_strategy
+        return next(epoch for epoch in range(1, 10**6) if strategy.is_due(epoch))
+
+    def refresh(self, times: list[float]) -> None:
+        """One step that refreshes the mask; appends the refresh's own time to ``times``."""
+        before = self.optimizer.mask_update_time_s
+        self.optimizer.set_epoch(self.refresh_epoch())
+        self.step()
+        times.append(self.optimizer.mask_update_time_s - before)
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Step cost of each configuration relative to SGD; writes and returns step_cost.json."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = list(dict.fromkeys(["sgd", *args.configs]))  # SGD is the unit
+    batches: dict = {}
+    benched = {
+        name: BenchedConfig(compose_config(run_overrides(args.preset, name, args.set)), batches)
+        for name in configs
+    }
+    steps, refresh_times, first_mask_s = {}, {}, {}
+    for name, entry in benched.items():
+        for _ in range(args.warmup):
+            entry.step()  # the first builds Sparse SAM's mask
+            if name not in first_mask_s and entry.sparse:
+                first_mask_s[name] = entry.optimizer.mask_update_time_s
+            if entry.sam_from > 0:
+                entry.step(sharpness_aware=False)
+        steps[(name, "sharpness_aware")] = entry.step
+        if entry.sam_from > 0:
+            steps[(name, "plain")] = lambda entry=entry: entry.step(sharpness_aware=False)
+        if entry.sparse and entry.later_refreshes() > 0:
+            refresh_times[name] = []
+            steps[(name, "refresh")] = lambda entry=entry, times=refresh_times[name]: entry.refresh(times)
+    device = resolve_device(benched["sgd"].cfg.device)
+    times = interleaved_times(steps, args.repeats, device)
+
+    results = {}
+    for name, entry in benched.items():
+        f = entry.sam_from
+        step_s = statistics.median(times[(name, "sharpness_aware")])
+        plain_s = statistics.median(times[(name, "plain")]) if f > 0 else None
+        refreshes = entry.later_refreshes() if entry.sparse else 0
+        refresh_s = statistics.median(refresh_times[name]) if refreshes else None
+        masks_per_step_s = (first_mask_s.get(name, 0.0) + refreshes * (refresh_s or 0.0)) / entry.total_steps
+        cost_s = f * (plain_s or 0.0) + (1 - f) * step_s + masks_per_step_s
+        results[name] = {
+            "overrides": run_overrides(args.preset, name, args.set),
+            "step_s": step_s,
+            "plain_step_s": plain_s,
+            "sam_from": f,
+            "first_mask_s": first_mask_s.get(name),
+            "refresh_s": refresh_s,
+            "refreshes_after_first": refreshes,
+            "total_steps": entry.total_steps,
+            "masks_per_step_s": masks_per_step_s,
+            "cost_s": cost_s,
+            "repeats": args.repeats,
+            "runs_s": {kind: times[(label, kind)] for label, kind in times if label == name},
+            "refresh_runs_s": refresh_times.get(name),
+        }
+    for result in results.values():
+        result["ratio_vs_sgd"] = result["cost_s"] / results["sgd"]["cost_s"]
+    sgd = benched["sgd"]
+    record = {
+        "benchmark": "frontier_step_cost",
+        "preset": args.preset,
+        "set": args.set,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": sgd.cfg.model.name,
+        "batch_size": sgd.cfg.batch_size,
+        "input_shape": list(sgd.inputs.shape[1:]),
+        "epochs": sgd.cfg.epochs,
+        "steps_per_epoch": sgd.steps_per_epoch,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "configs": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_cost.json").write_text(json.dumps(record, indent=2))
+    print(
+        f"step cost on {record['device']}, torch {record['torch']}, {record['threads']} threads, "
+        f"{record['model']}, batch {record['batch_size']}, median of {args.repeats}"
+    )
+    print("| config | step (s) | plain step (s) | masks per step (s) | cost / SGD |")
+    print("|---|---|---|---|---|")
+    for name, result in sorted(results.items(), key=lambda item: item[1]["ratio_vs_sgd"]):
+        plain = "" if result["plain_step_s"] is None else f"{result['plain_step_s']:.4f}"
+        print(
+            f"| {name} | {result['step_s']:.4f} | {plain} | {result['masks_per_step_s']:.5f} "
+            f"| {result['ratio_vs_sgd']:.3f} |"
+        )
+    return record
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def mean_and_sample_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (None where there are too few values for one)."""
+    mean = statistics.mean(values) if values else None
+    return mean, statistics.stdev(values) if len(values) > 1 else None
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
+    """Finished runs' summaries by config, and a line for each run missing or unfinished: run
+    directories without summary.json, (config, seed) pairs sweep.json asked for that have no
+    directory, and summaries without test_acc_at_best_val."""
+    summaries: dict[str, list[dict]] = {}
+    missing = []
+    expected = set()
+    for invocation in (read_json(out / "sweep.json") or {"invocations": []})["invocations"]:
+        expected |= {(config, seed) for config in invocation["configs"] for seed in invocation["seeds"]}
+    found = set()
+    for folder in sorted(out.glob("*/seed=*")):
+        config, seed = folder.parent.name, folder.name.removeprefix("seed=")
+        found.add((config, int(seed)) if seed.isdigit() else (config, seed))
+        summary = read_json(folder / "summary.json")
+        if summary is None:
+            missing.append(
+                f"{config} seed={seed}: no summary.json (unfinished or crashed; see {folder / 'train.log'})"
+            )
+            continue
+        summaries.setdefault(config, []).append(summary)
+        if "test_acc_at_best_val" not in summary:
+            missing.append(
+                f"{config} seed={seed}: summary.json has no test_acc_at_best_val (a run without validation)"
+            )
+    for config, seed in sorted(expected - found, key=str):
+        missing.append(f"{config} seed={seed}: never started")
+    return summaries, missing
+
+
+def frontier_rows(summaries: dict[str, list[dict]], step_cost: dict | None) -> list[dict]:
+    """One row per config with finished runs, sorted by step cost (unmeasured ones last)."""
+    costs = (step_cost or {}).get("configs", {})
+    sgd_time = None
+    if "sgd" in summaries:
+        sgd_time = statistics.mean(s["train_time_s"] for s in summaries["sgd"])
+    rows = []
+    for config, runs in summaries.items():
+        best_val = [s["test_acc_at_best_val"] for s in runs if "test_acc_at_best_val" in s]
+        best_val_mean, best_val_std = mean_and_sample_std(best_val)
+        final_mean, final_std = mean_and_sample_std([s["final_test_acc"] for s in runs])
+        run_time = statistics.mean(s["train_time_s"] for s in runs)
+        rows.append(
+            {
+                "config": config,
+                "n": len(runs),
+                "n_best_val": len(best_val),
+                "test_acc_at_best_val_mean": best_val_mean,
+                "test_acc_at_best_val_std": best_val_std,
+                "final_test_acc_mean": final_mean,
+                "final_test_acc_std": final_std,
+                "step_cost_vs_sgd": costs.get(config, {}).get("ratio_vs_sgd"),
+                "run_time_vs_sgd": run_time / sgd_time if sgd_time else None,
+            }
+        )
+    return sorted(
+        rows, key=lambda row: (row["step_cost_vs_sgd"] is None, row["step_cost_vs_sgd"] or 0, row["config"])
+    )
+
+
+def sam_gain_kept(row: dict, sgd: dict | None, sam: dict | None) -> float | None:
+    """(acc − SGD) / (SAM − SGD) in test accuracy at the best validation epoch."""
+    acc = row["test_acc_at_best_val_mean"]
+    if acc is None or sgd is None or sam is None:
+        return None
+    low, high = sgd["test_acc_at_best_val_mean"], sam["test_acc_at_best_val_mean"]
+    if low is None or high is None or high == low:
+        return None
+    return (acc - low) / (high - low)
+
+
+def standard_errors_from_sam(row: dict, sam: dict | None) -> float | None:
+    """(acc − SAM) / sqrt(s²/n + s_SAM²/n_SAM): the difference to SAM in standard errors."""
+    if sam is None or row["test_acc_at_best_val_std"] is None or sam["test_acc_at_best_val_std"] is None:
+        return None
+    error = math.sqrt(
+        row["test_acc_at_best_val_std"] ** 2 / row["n_best_val"]
+        + sam["test_acc_at_best_val_std"] ** 2 / sam["n_best_val"]
+    )
+    if error == 0:
+        return None
+    return (row["test_acc_at_best_val_mean"] - sam["test_acc_at_best_val_mean"]) / error
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [row["config"], row["n"]]
+                + [_number(row[column], 3) for column in CSV_COLUMNS[2:6]]
+                + [_number(row[column], 4) for column in CSV_COLUMNS[6:]]
+            )
+
+
+def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
+    """Test accuracy at the best validation epoch (mean ± std) against step cost × SGD."""
+    figure, axes = plt.subplots(figsize=(8, 5.5))
+    by_name = {row["config"]: row for row in rows}
+    for index, name in enumerate(REFERENCES):
+        row = by_name.get(name)
+        if row is not None and row["test_acc_at_best_val_mean"] is not None:
+            mean = row["test_acc_at_best_val_mean"]
+            axes.axhline(mean, color=f"C{index}", linestyle="--", label=f"{name.upper()} ({mean:.2f})")
+    axes.axvline(COST_LINE, color="grey", linestyle=":", label=f"{COST_LINE}× SGD's step")
+    for row in rows:
+        cost, mean = row["step_cost_vs_sgd"], row["test_acc_at_best_val_mean"]
+        if cost is None or mean is None:
+            continue
+        reference = row["config"] in REFERENCES
+        color = f"C{REFERENCES.index(row['config'])}" if reference else "C2"
+        axes.errorbar(
+            cost,
+            mean,
+            yerr=row["test_acc_at_best_val_std"] or 0.0,
+            fmt="s" if reference else "o",
+            color=color,
+            capsize=3,
+        )
+        axes.annotate(row["config"], (cost, mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    axes.set_xlabel("step cost (× SGD's step; mask refreshes amortised in)")
+    axes.set_ylabel("test accuracy at the best validation epoch (%)")
+    axes.set_title(title, fontsize=9)
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None, sweep: dict | None) -> str:
+    by_name = {row["config"]: row for row in rows}
+    sgd, sam = by_name.get("sgd"), by_name.get("sam")
+    seeds = sorted({row["n"] for row in rows})
+    lines = [f"Runs per config: {', '.join(map(str, seeds))}; mean ± sample std over seeds."]
+    if step_cost is not None:
+        lines.append(
+            f"Step cost: median of {step_cost['repeats']} interleaved steps on {step_cost['device']}, "
+            f"torch {step_cost['torch']}, {step_cost['threads']} threads, {step_cost['model']}, "
+            f"batch {step_cost['batch_size']} (mask refreshes amortised, late phases weighted)."
+        )
+    if sweep is not None:
+        wall = sum(invocation["wall_s"] for invocation in sweep["invocations"])
+        lines.append(f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s).")
+    lines += [
+        "",
+        "| config | n | test acc at best val | final test acc | step cost × SGD | run time × SGD "
+        "| SAM's gain kept | Δ to SAM (SE) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cell(mean: float | None, std: float | None) -> str:
+        if mean is None:
+            return "missing"
+        return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
+
+    for row in rows:
+        gain = sam_gain_kept(row, sgd, sam)
+        errors = None if row["config"] == "sam" else standard_errors_from_sam(row, sam)
+        cost = row["step_cost_vs_sgd"]
+        run_time = row["run_time_vs_sgd"]
+        lines.append(
+            f"| {row['config']} | {row['n']} "
+            f"| {cell(row['test_acc_at_best_val_mean'], row['test_acc_at_best_val_std'])} "
+            f"| {cell(row['final_test_acc_mean'], row['final_test_acc_std'])} "
+            f"| {'missing' if cost is None else f'{cost:.3f}'} "
+            f"| {'missing' if run_time is None else f'{run_time:.3f}'} "
+            f"| {'—' if gain is None else f'{gain:.2f}'} | {'—' if errors is None else f'{errors:+.2f}'} |"
+        )
+    lines += ["", "Missing or unfinished runs:" if missing else "Missing or unfinished runs: none."]
+    lines += [f"- {line}" for line in missing]
+    return "\n".join(lines) + "\n"
+
+
+def report(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    summaries, missing = collect_runs(out)
+    if not summaries:
+        raise SystemExit(
+            f"error: no finished runs under {out} (no <config>/seed=<seed>/summary.json); "
+            "run `python scripts/frontier.py train` first"
+        )
+    step_cost = read_json(out / "step_cost.json")
+    if step_cost is None:
+        missing.append(f"step_cost.json: not in {out} (run `python scripts/frontier.py bench`)")
+    else:
+        missing += [
+            f"{name}: no step cost in step_cost.json"
+            for name in summaries
+            if name not in step_cost["configs"]
+        ]
+    missing += [f"{name}: not run" for name in CONFIGS if name not in summaries and not (out / name).exists()]
+    rows = frontier_rows(summaries, step_cost)
+    preset = next(iter(summaries.values()))[0].get("dataset", "")
+    write_csv(rows, Path(args.csv))
+    plot_frontier(rows, Path(args.figure), title=f"{out.name} ({preset}): accuracy against step cost")
+    table = markdown_table(rows, missing, step_cost, read_json(out / "sweep.json"))
+    if args.markdown in (None, "-"):
+        print(table, end="")
+    else:
+        Path(args.markdown).write_text(table)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_runs_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--preset", default="fmnist_noisy", help="configs/experiment/ preset")
+        command.add_argument(
+            "--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG"
+        )
+        command.add_argument(
+            "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every run"
+        )
+        command.add_argument("--out", required=True, help="the frontier's folder (runs, step_cost.json)")
+
+    train_parser = commands.add_parser("train", help="train every (config, seed)")
+    add_runs_options(train_parser)
+    train_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    train_parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (torch threads: cores / jobs)"
+    )
+    bench_parser = commands.add_parser("bench", help="step cost of every config relative to SGD")
+    add_runs_options(bench_parser)
+    bench_parser.add_argument("--warmup", type=int, default=2)
+    bench_parser.add_argument("--repeats", type=int, default=9)
+    bench_parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    report_parser = commands.add_parser("report", help="the CSV, figure and Markdown table")
+    report_parser.add_argument("--out", required=True)
+    report_parser.add_argument("--csv", default="docs/frontier.csv")
+    report_parser.add_argument("--figure", default="docs/figures/frontier.png")
+    report_parser.add_argument("--markdown", help="a file, or - (the default) for stdout")
+    args = parser.parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "train":
+        return 1 if train(args) else 0
+    if args.command == "bench":
+        bench(args)
+    else:
+        report(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
