@@ -118,15 +118,23 @@ def run_dir(out: Path, config: str, seed: int) -> Path:
 # ---------------------------------------------------------------------------------- train
 
 
-def train_command(preset: str, config: str, seed: int, extra: list[str], out: Path) -> list[str]:
-    return [
-        sys.executable,
-        str(ROOT / "train.py"),
-        *run_overrides(preset, config, extra),
-        f"seed={seed}",
-        f"hydra.run.dir={run_dir(out, config, seed)}",
-        "trainer.progress_bar=false",
-    ]
+def train_overrides(preset: str, config: str, seed: int, extra: list[str]) -> list[str]:
+    """A run's overrides, as train.py records them in .hydra/overrides.yaml."""
+    return [*run_overrides(preset, config, extra), f"seed={seed}", "trainer.progress_bar=false"]
+
+
+def finished_as_asked(folder: Path, overrides: list[str]) -> bool:
+    """The run directory holds a finished run of exactly these overrides: no need to start
+    train.py (on a loaded CPU about as long as a short run) only to hear that it is finished."""
+    recorded = folder / ".hydra" / "overrides.yaml"
+    if not (folder / "summary.json").exists() or not recorded.exists():
+        return False
+    return list(OmegaConf.load(recorded)) == overrides
+
+
+def train_command(folder: Path, overrides: list[str]) -> list[str]:
+    # The path is quoted: Hydra's grammar would read the '=' of seed=<seed> otherwise.
+    return [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir='{folder}'"]
 
 
 def train(args: argparse.Namespace) -> int:
@@ -138,17 +146,16 @@ def train(args: argparse.Namespace) -> int:
 
     def launch(config: str, seed: int) -> dict:
         folder = run_dir(out, config, seed)
+        overrides = train_overrides(args.preset, config, seed, args.set)
+        record = {"config": config, "seed": seed, "returncode": 0, "wall_s": 0.0, "skipped": True}
+        if finished_as_asked(folder, overrides):
+            return record
         folder.mkdir(parents=True, exist_ok=True)
-        command = train_command(args.preset, config, seed, args.set, out)
         started = time.perf_counter()
         with open(folder / "train.log", "a") as log:
+            command = train_command(folder, overrides)
             returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-        return {
-            "config": config,
-            "seed": seed,
-            "returncode": returncode,
-            "wall_s": time.perf_counter() - started,
-        }
+        return {**record, "returncode": returncode, "wall_s": time.perf_counter() - started, "skipped": False}
 
     started = time.perf_counter()
     runs = []
@@ -160,7 +167,8 @@ def train(args: argparse.Namespace) -> int:
             folder = run_dir(out, result["config"], result["seed"])
             if result["returncode"] == 0:
                 summary = json.loads((folder / "summary.json").read_text())
-                status = f"final_test_acc {summary['final_test_acc']:.2f}"
+                status = "already finished, " if result["skipped"] else ""
+                status += f"final_test_acc {summary['final_test_acc']:.2f}"
                 if "test_acc_at_best_val" in summary:
                     status += f", test_acc_at_best_val {summary['test_acc_at_best_val']:.2f}"
             else:
