@@ -80,7 +80,7 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         for label, on_device in LOADERS.items():
             cfg = compose(config_name="train", overrides=[*overrides, f"dataset.on_device={on_device}"])
-            train_set, test_set = datasets_from_config(cfg)
+            train_set, test_set, _ = datasets_from_config(cfg)
             sampler = EpochShuffle(len(train_set), cfg.seed)
             train_loader, _ = build_loaders(
                 cfg, PerSampleSeeded(train_set, cfg.seed), test_set, sampler, device

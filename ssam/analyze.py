@@ -136,7 +136,7 @@ def analysis_batches(run_config: DictConfig, *, split: str, batches: int, batch_
             "data.split=train needs the training images without augmentation, which imagenet's "
             "training transform (a random resized crop) cannot give; use data.split=test"
         )
-    train_set, test_set = datasets_from_config(run_config, augment=False)
+    train_set, test_set, _ = datasets_from_config(run_config, augment=False)
     dataset = train_set if split == "train" else test_set
     examples = batches * batch_size
     if examples > len(dataset):

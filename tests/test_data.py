@@ -117,14 +117,14 @@ def _planes_from_row(row: np.ndarray) -> np.ndarray:
 
 def test_cifar10_lengths_count_all_five_train_batches_and_the_test_batch(tmp_path):
     _write_cifar10(tmp_path)
-    train, test = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
+    train, test, _ = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
     assert len(train) == 5 * CIFAR10_PER_BATCH
     assert len(test) == CIFAR10_TEST
 
 
 def test_cifar10_train_items_are_float_3x32x32_with_int_labels(tmp_path):
     _write_cifar10(tmp_path)
-    train, _ = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
+    train, _, _ = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
     for i in range(len(train)):
         image, label = train[i]
         assert image.shape == (3, 32, 32)
@@ -134,7 +134,7 @@ def test_cifar10_train_items_are_float_3x32x32_with_int_labels(tmp_path):
 
 def test_cifar10_labels_follow_batch_order(tmp_path):
     written = _write_cifar10(tmp_path)
-    train, test = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
+    train, test, _ = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
     expected_train = [label for i in range(1, 6) for label in written[f"data_batch_{i}"][1]]
     assert [train[i][1] for i in range(len(train))] == expected_train
     assert [test[i][1] for i in range(len(test))] == written["test_batch"][1]
@@ -142,7 +142,7 @@ def test_cifar10_labels_follow_batch_order(tmp_path):
 
 def test_cifar10_test_image_equals_normalised_stored_pixels_in_rgb_plane_order(tmp_path):
     written = _write_cifar10(tmp_path)
-    _, test = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
+    _, test, _ = build_datasets("cifar10", root=str(tmp_path), **CIFAR_OPTIONS)
     data, _ = written["test_batch"]
     for i in range(CIFAR10_TEST):
         expected = _normalised(_planes_from_row(data[i]), CIFAR10_MEAN, CIFAR10_STD)
@@ -151,7 +151,7 @@ def test_cifar10_test_image_equals_normalised_stored_pixels_in_rgb_plane_order(t
 
 def test_cifar10_train_image_from_a_later_batch_is_stored_pixels_without_augmentation(tmp_path):
     written = _write_cifar10(tmp_path)
-    train, _ = build_datasets(
+    train, _, _ = build_datasets(
         "cifar10", root=str(tmp_path), image_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD
     )
     data, _ = written["data_batch_3"]
@@ -162,7 +162,7 @@ def test_cifar10_train_image_from_a_later_batch_is_stored_pixels_without_augment
 
 def test_cifar100_reads_fine_labels_not_coarse(tmp_path):
     written = _write_cifar100(tmp_path)
-    train, test = build_datasets("cifar100", root=str(tmp_path), **CIFAR_OPTIONS)
+    train, test, _ = build_datasets("cifar100", root=str(tmp_path), **CIFAR_OPTIONS)
     assert len(train) == 7
     assert len(test) == 3
     assert [train[i][1] for i in range(7)] == written["train"][1]
@@ -172,7 +172,7 @@ def test_cifar100_reads_fine_labels_not_coarse(tmp_path):
 def test_cifar100_test_image_equals_normalised_stored_pixels(tmp_path):
     written = _write_cifar100(tmp_path)
     mean, std = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]
-    _, test = build_datasets("cifar100", root=str(tmp_path), image_size=32, mean=mean, std=std)
+    _, test, _ = build_datasets("cifar100", root=str(tmp_path), image_size=32, mean=mean, std=std)
     data = written["test"][0]
     image, _ = test[2]
     assert image.shape == (3, 32, 32)
@@ -219,7 +219,7 @@ def test_imagefolder_tree_gives_3x32x32_tensors_and_sorted_class_indices(tmp_pat
         tmp_path,
         {"train": {"n02": 2, "n01": 3}, "val": {"n02": 1, "n01": 2}},
     )
-    train, test = build_datasets(
+    train, test, _ = build_datasets(
         "imagenet", root=str(tmp_path), image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD
     )
     assert len(train) == 5
@@ -238,7 +238,7 @@ def test_imagefolder_unreadable_image_raises_value_error_naming_the_file_on_acce
     _write_image_folder(tmp_path, {"train": {"a": 1}, "val": {"a": 1}})
     broken = tmp_path / "train" / "a" / "zz_broken.png"
     broken.write_bytes(b"\x00garbage, not a png\xff" * 4)
-    train, _ = build_datasets(
+    train, _, _ = build_datasets(
         "imagenet", root=str(tmp_path), image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD
     )
     assert len(train) == 2
@@ -253,7 +253,7 @@ def test_imagefolder_unreadable_image_raises_value_error_naming_the_file_on_acce
 
 def test_fashion_mnist_idx_files_round_trip_pixels_and_labels(tmp_path):
     arrays = _write_fashion_mnist(tmp_path)
-    train, test = build_datasets("fashion_mnist", root=str(tmp_path), image_size=28, mean=[0.5], std=[0.5])
+    train, test, _ = build_datasets("fashion_mnist", root=str(tmp_path), image_size=28, mean=[0.5], std=[0.5])
     assert len(train) == 12
     assert len(test) == 5
     for dataset, images, labels in (
@@ -270,7 +270,7 @@ def test_fashion_mnist_idx_files_round_trip_pixels_and_labels(tmp_path):
 
 def test_fashion_mnist_found_in_torchvision_raw_layout(tmp_path):
     _write_fashion_mnist(tmp_path / "FashionMNIST" / "raw", n_train=3, n_test=2)
-    train, test = build_datasets("fashion_mnist", root=str(tmp_path), image_size=28, mean=[0.5], std=[0.5])
+    train, test, _ = build_datasets("fashion_mnist", root=str(tmp_path), image_size=28, mean=[0.5], std=[0.5])
     assert (len(train), len(test)) == (3, 2)
 
 
@@ -300,7 +300,7 @@ def test_fashion_mnist_idx_with_short_data_raises_value_error(tmp_path):
 
 @pytest.mark.skipif(not DEBIAN_DIR.is_dir(), reason=f"{DEBIAN_DIR} not installed (dataset-fashion-mnist)")
 def test_real_fashion_mnist_from_debian_package_has_60000_and_10000_balanced_examples():
-    train, test = build_datasets("fashion_mnist", root=None, image_size=28, mean=[0.2860], std=[0.3530])
+    train, test, _ = build_datasets("fashion_mnist", root=None, image_size=28, mean=[0.2860], std=[0.3530])
     assert len(train) == 60000
     assert len(test) == 10000
     assert train.images.shape == (60000, 1, 28, 28)
@@ -342,7 +342,7 @@ def test_build_datasets_train_size_picks_the_same_examples_whatever_the_seed(tmp
     labels_by_seed = []
     for seed in (3, 4):
         torch.manual_seed(seed)
-        train, test = build_datasets(
+        train, test, _ = build_datasets(
             "fashion_mnist",
             root=str(tmp_path),
             image_size=28,

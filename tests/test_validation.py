@@ -97,6 +97,14 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
             "optimizer.bn_stats must be one of ascent, descent, both",
         ),
         (["optimizer=ssam_f", "optimizer.num_samples=0"], "optimizer.num_samples must be an integer >= 1"),
+        (["optimizer=sam", "optimizer.sam_from=1.0"], "optimizer.sam_from must be in [0, 1), got 1.0"),
+        (["optimizer=ssam_f", "optimizer.sam_from=-0.1"], "optimizer.sam_from must be in [0, 1), got -0.1"),
+        (["optimizer=sam", "optimizer.m=0"], "optimizer.m must be an integer >= 1, got 0"),
+        (["optimizer=ssam_d", "optimizer.m=2.5"], "optimizer.m must be an integer >= 1, got 2.5"),
+        (
+            ["optimizer=sam", "optimizer.m=8", "optimizer.ascent_fraction=0.5"],
+            "optimizer.m (each shard of m examples climbs its own ε) and optimizer.ascent_fraction",
+        ),
         (["optimizer=ssam_f", "optimizer.update_freq=0"], "optimizer.update_freq must be an integer >= 1"),
         (
             ["optimizer=ssam_f", "optimizer.fisher_method=bogus"],

@@ -1,14 +1,19 @@
-"""Dataset builders: plain arguments in, (train, test) torch datasets out."""
+"""Dataset builders: plain arguments in, (train, test, validation) torch datasets out."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset
+from torchvision.datasets import DatasetFolder
 
 from ssam.data import cifar, fashion_mnist, imagenet
 from ssam.data.errors import DataError
+from ssam.data.label_noise import NoisyLabels, noisy_labels
+from ssam.data.sampling import mixed_seed
 from ssam.data.tensor_dataset import ImageTensorDataset, images_and_labels
 from ssam.data.transforms import imagenet_transform, small_image_transform
 
@@ -16,11 +21,17 @@ __all__ = [
     "DATASETS",
     "IN_MEMORY_DATASETS",
     "DataError",
+    "NoisyLabels",
+    "Splits",
     "build_datasets",
+    "changed_label_fraction",
     "download",
     "fixed_subset",
     "images_and_labels",
+    "labels_of",
     "missing_data_message",
+    "split_off_validation",
+    "with_label_noise",
 ]
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
@@ -29,6 +40,11 @@ DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
 IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 # Subsets are drawn with this fixed seed, so that every run (any seed) sees the same examples.
 SUBSET_SEED = 0
+# The validation split is drawn with a fixed seed of its own, for the same reason.
+VALIDATION_SEED = 1
+# Label noise: the training part's draws come from dataset.label_noise_seed mixed with stream 0,
+# the validation part's with stream 1 (independent draws from the one seed).
+NOISE_STREAMS = {"train": 0, "val": 1}
 
 
 def missing_data_message(name: str, root: str | None) -> str | None:
@@ -74,6 +90,59 @@ def fixed_subset(dataset: Dataset, size: int | None) -> Dataset:
     return Subset(dataset, indices.tolist())
 
 
+def split_off_validation(
+    num_examples: int, val_size: int, train_size: int | None
+) -> tuple[list[int], list[int]]:
+    """(validation indices, remaining indices), each sorted: ``val_size`` examples drawn with
+    VALIDATION_SEED whatever the run's seed. ``train_size``, if given, is later drawn from the
+    remainder, so both must fit."""
+    if val_size >= num_examples:
+        raise ValueError(
+            f"dataset.val_size ({val_size}) must leave at least 1 training example: the training "
+            f"split has {num_examples}"
+        )
+    if train_size is not None and val_size + train_size > num_examples:
+        raise ValueError(
+            f"dataset.val_size ({val_size}) + dataset.train_size ({train_size}) is larger than the "
+            f"training split ({num_examples} examples): lower one of them"
+        )
+    order = torch.randperm(num_examples, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    return order[:val_size].sort().values.tolist(), order[val_size:].sort().values.tolist()
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor:
+    """The int64 labels of ``dataset`` in its order, read without loading any image: from an
+    ImageTensorDataset, an ImageFolder (its ``targets``), NoisyLabels, or Subsets of those."""
+    if isinstance(dataset, Subset):
+        return labels_of(dataset.dataset)[torch.as_tensor(dataset.indices, dtype=torch.long)]
+    if isinstance(dataset, (ImageTensorDataset, NoisyLabels)):
+        return dataset.labels
+    if isinstance(dataset, DatasetFolder):
+        return torch.as_tensor(dataset.targets, dtype=torch.long)
+    raise ValueError(f"cannot read the labels of a {type(dataset).__name__} without loading its images")
+
+
+def with_label_noise(dataset: Dataset, num_classes: int, fraction: float, seed: int) -> Dataset:
+    """``dataset`` with exactly round(fraction·N) labels changed (``noisy_labels``); the dataset
+    itself, unwrapped, when fraction is 0."""
+    if fraction == 0:
+        return dataset
+    return NoisyLabels(dataset, noisy_labels(labels_of(dataset), num_classes, fraction, seed))
+
+
+def changed_label_fraction(dataset: Dataset) -> float:
+    """The fraction of ``dataset``'s labels that differ from the stored ones (0 without noise)."""
+    if not isinstance(dataset, NoisyLabels) or len(dataset) == 0:
+        return 0.0
+    return (dataset.labels != labels_of(dataset.dataset)).double().mean().item()
+
+
+class Splits(NamedTuple):
+    train: Dataset
+    test: Dataset
+    val: Dataset | None  # None without dataset.val_size
+
+
 def build_datasets(
     name: str,
     *,
@@ -83,14 +152,27 @@ def build_datasets(
     std: list[float],
     train_size: int | None = None,
     test_size: int | None = None,
+    val_size: int | None = None,
+    label_noise: float = 0.0,
+    label_noise_seed: int = 0,
+    num_classes: int | None = None,
     crop_padding: int = 0,
     hflip: bool = False,
     cutout: bool = False,
-) -> tuple[Dataset, Dataset]:
-    """Training set (augmented) and test set (not), each cut to its size when one is given."""
+) -> Splits:
+    """Training set (augmented), test set and validation set (not augmented).
+
+    In order: ``val_size`` examples of the training split are held out (``split_off_validation``),
+    then ``train_size`` of the rest are kept (``fixed_subset``), so that train_size counts the
+    examples trained on; the test set is cut to ``test_size``. Then the training and the
+    validation set each get exactly round(label_noise·size) wrong labels (``with_label_noise``,
+    from ``label_noise_seed`` on streams of their own); the test set keeps its labels. With
+    val_size None and label_noise 0 the training set is exactly ``fixed_subset(split, train_size)``."""
     message = missing_data_message(name, root)
     if message is not None:
         raise FileNotFoundError(message)
+    if label_noise and num_classes is None:
+        raise ValueError("label noise needs num_classes")
     splits = []
     for train in (True, False):
         if name == "imagenet":
@@ -111,5 +193,24 @@ def build_datasets(
             else:
                 images, labels = cifar.load_cifar(name, root, train)
             dataset = ImageTensorDataset(images, labels, transform)
-        splits.append(fixed_subset(dataset, train_size if train else test_size))
-    return splits[0], splits[1]
+        splits.append(dataset)
+    train_set, test_set = splits
+    val_set = None
+    if val_size is not None:
+        held_out, kept = split_off_validation(len(train_set), val_size, train_size)
+        # The training images read through the test transform (both classes read ``transform``
+        # per example; the copy shares the stored images or the file list).
+        unaugmented = copy.copy(train_set)
+        unaugmented.transform = test_set.transform
+        val_set = Subset(unaugmented, held_out)
+        train_set = Subset(train_set, kept)
+    train_set = fixed_subset(train_set, train_size)
+    if label_noise:
+        train_set = with_label_noise(
+            train_set, num_classes, label_noise, mixed_seed(label_noise_seed, NOISE_STREAMS["train"])
+        )
+        if val_set is not None:
+            val_set = with_label_noise(
+                val_set, num_classes, label_noise, mixed_seed(label_noise_seed, NOISE_STREAMS["val"])
+            )
+    return Splits(train_set, fixed_subset(test_set, test_size), val_set)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch.utils.data import Dataset, Subset
 
+from ssam.data.label_noise import NoisyLabels
+
 
 def check_image_tensors(images: torch.Tensor, labels: torch.Tensor) -> None:
     """Raise ValueError unless ``images`` is uint8 N×C×H×W with one label per image."""
@@ -40,7 +42,10 @@ class ImageTensorDataset(Dataset):
 
 def images_and_labels(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """The untransformed uint8 images and int64 labels of an ImageTensorDataset, or of a Subset
-    of one (as ``fixed_subset`` makes), in the order the dataset indexes them."""
+    of one (as ``fixed_subset`` makes), in the order the dataset indexes them; under NoisyLabels,
+    its labels."""
+    if isinstance(dataset, NoisyLabels):
+        return images_and_labels(dataset.dataset)[0], dataset.labels
     indices = None
     while isinstance(dataset, Subset):
         outer = torch.as_tensor(dataset.indices, dtype=torch.long)

@@ -38,6 +38,16 @@ class StepResult:
     correct: torch.Tensor
     examples: int  # that the loss and the count of correct predictions are over
     skipped: bool = False
+    sharpness_aware: bool = False  # the step climbed to w + ε (False: a plain step)
+
+
+class _PassFailed(Exception):
+    """A pass produced a non-finite loss or gradient: the step is abandoned."""
+
+    def __init__(self, pass_name: str, loss: torch.Tensor) -> None:
+        super().__init__(pass_name)
+        self.pass_name = pass_name
+        self.loss = loss
 
 
 def _finite_check(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
@@ -56,9 +66,134 @@ def ascent_batch_size(batch_size: int, ascent_fraction: float) -> int:
     return max(1, math.ceil(ascent_fraction * batch_size))
 
 
-def _backward(loss: torch.Tensor, precision: Precision, backward: Callable[[torch.Tensor], None]) -> None:
-    scale = precision.loss_scale
-    backward(loss if scale is None else scale.scaled(loss))
+@dataclass
+class _Passes:
+    """The forward-backward passes of one step, each checked for non-finite values."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    precision: Precision
+    replicas: Replicas
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def backward(self, loss: torch.Tensor, backward: Callable[[torch.Tensor], None], pass_name: str) -> None:
+        """Back-propagate ``loss`` (scaled under fp16, gradients unscaled after) and check it."""
+        scale = self.precision.loss_scale
+        backward(loss if scale is None else scale.scaled(loss))
+        if scale is not None:
+            scale.unscale_(self.params)
+        if not self.replicas.all_true(_finite_check(loss, self.model)):
+            raise _PassFailed(pass_name, loss)
+
+    def plain(self, inputs: torch.Tensor, targets: torch.Tensor, freeze_stats: bool) -> StepResult:
+        """One forward-backward at w and the base optimizer's step: an SGD step."""
+        with frozen_batchnorm_stats(self.model) if freeze_stats else nullcontext(), self.precision.autocast():
+            logits = self.model(inputs)
+            loss = F.cross_entropy(logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        correct = (logits.argmax(dim=1) == targets).sum()
+        self.backward(loss, torch.Tensor.backward, "training")
+        getattr(self.optimizer, "base_optimizer", self.optimizer).step()
+        return StepResult(loss.detach(), correct, len(targets))
+
+    def ascent(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, bn_stats: str, perturbation: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ascent gradient at w into ``.grad``, then the climb to w + ε; returns the loss at w
+        and the number of correct predictions.
+
+        It runs outside DDP's reducer; with ``perturbation="global"`` its gradients are then
+        averaged by hand, so every process climbs the same ε, with ``"local"`` each climbs along
+        its own batch's gradient."""
+        optimizer = self.optimizer
+        with self.replicas.ascent_pass(self.model):
+            with (
+                optimizer.ascent_graph(),
+                frozen_batchnorm_stats(self.model) if bn_stats == "descent" else nullcontext(),
+                self.precision.autocast(),
+            ):
+                logits = self.model(inputs)
+                loss = F.cross_entropy(logits, targets)
+            optimizer.zero_grad(set_to_none=True)
+            scale = self.precision.loss_scale
+            optimizer.ascent_backward(loss if scale is None else scale.scaled(loss))
+        if perturbation == "global":
+            self.replicas.average_gradients(self.params)
+        if scale is not None:
+            scale.unscale_(self.params)
+        correct = (logits.argmax(dim=1) == targets).sum()
+        # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
+        if not self.replicas.all_true(_finite_check(loss, self.model)):
+            raise _PassFailed("ascent", loss)
+        optimizer.first_step(zero_grad=True)
+        return loss.detach(), correct
+
+    def descent(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, bn_stats: str, weight: float = 1.0
+    ) -> None:
+        """The descent gradient at w + ε into ``.grad``, of the loss times ``weight``."""
+        with frozen_batchnorm_stats(self.model) if bn_stats == "ascent" else nullcontext():
+            with self.precision.autocast():
+                loss = F.cross_entropy(self.model(inputs), targets)
+            self.backward(loss * weight if weight != 1.0 else loss, torch.Tensor.backward, "descent")
+
+    def sharpness_aware(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        bn_stats: str,
+        perturbation: str,
+        ascent_fraction: float,
+    ) -> StepResult:
+        """Climb along the ascent gradient of the first ⌈fraction·B⌉ examples, take the whole
+        batch's descent gradient at w + ε, go back to w and step."""
+        size = ascent_batch_size(len(targets), ascent_fraction)
+        loss, correct = self.ascent(
+            inputs[:size], targets[:size], bn_stats=bn_stats, perturbation=perturbation
+        )
+        self.descent(inputs, targets, bn_stats=bn_stats)
+        self.optimizer.second_step(zero_grad=True)
+        return StepResult(loss, correct, size, sharpness_aware=True)
+
+    def per_shard(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, bn_stats: str, perturbation: str, m: int
+    ) -> StepResult:
+        """m-sharpness: each shard of m consecutive examples climbs its own ε_i along its own
+        ascent gradient and takes its descent gradient at w + ε_i; the step uses their mean,
+        each shard weighted by its size (a last, smaller shard when m does not divide the
+        batch), so every example counts once, as in one batch. ‖ε‖ is logged as the shards' mean."""
+        optimizer = self.optimizer
+        batch = len(targets)
+        descent_sum: list[torch.Tensor | None] = [None] * len(self.params)
+        loss_sum = torch.zeros((), device=inputs.device)
+        correct = torch.zeros((), dtype=torch.long, device=inputs.device)
+        norms = []
+        for start in range(0, batch, m):
+            shard_inputs, shard_targets = inputs[start : start + m], targets[start : start + m]
+            weight = len(shard_targets) / batch
+            loss, shard_correct = self.ascent(
+                shard_inputs, shard_targets, bn_stats=bn_stats, perturbation=perturbation
+            )
+            loss_sum += loss.float() * weight
+            correct += shard_correct
+            norms.append(optimizer.last_perturbation_norm)
+            self.descent(shard_inputs, shard_targets, bn_stats=bn_stats, weight=weight)
+            optimizer.restore_weights()
+            for index, p in enumerate(self.params):
+                if p.grad is not None:
+                    descent_sum[index] = (
+                        p.grad if descent_sum[index] is None else descent_sum[index].add_(p.grad)
+                    )
+                p.grad = None
+        for p, grad in zip(self.params, descent_sum):
+            p.grad = grad
+        optimizer.second_step(zero_grad=True)
+        optimizer.last_perturbation_norm = torch.stack([n.to(norms[0].device) for n in norms]).mean()
+        return StepResult(loss_sum, correct, batch, sharpness_aware=True)
 
 
 def training_step(
@@ -70,15 +205,21 @@ def training_step(
     bn_stats: str = "ascent",
     on_nonfinite: str = "stop",
     ascent_fraction: float = 1.0,
+    m: int | None = None,
     precision: Precision = FLOAT32,
     perturbation: str = "global",
     replicas: Replicas = SINGLE_PROCESS,
+    sharpness_aware: bool = True,
 ) -> StepResult:
     """One optimizer step; returns the loss and the number of correct predictions at w.
 
-    For SAM and Sparse SAM: ascent pass at w, climb to w + ε, descent pass there, step.
-    ``ascent_fraction`` < 1 takes the ascent gradient from the first part of the batch only
-    (m-sharpness, Foret et al.); the loss and accuracy returned are then that part's.
+    For SAM and Sparse SAM: ascent pass at w, climb to w + ε, descent pass there, step;
+    with ``sharpness_aware=False`` (late-phase SAM before its phase) a plain SGD step instead,
+    one forward-backward and the base optimizer's step.
+    ``ascent_fraction`` < 1 takes the ascent gradient from the first part of the batch only,
+    one ε for the whole batch; the loss and accuracy returned are then that part's.
+    ``m`` (m-sharpness, Foret et al., Sec. 4) gives each shard of m examples its own ε
+    (see ``_Passes.per_shard``).
     ``bn_stats`` says which pass updates the BatchNorm running statistics (``ascent``, the
     default, or ``descent``; ``both`` lets both do, which the method's spec advises against).
     A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
@@ -86,71 +227,60 @@ def training_step(
     a finite loss with an overflowing gradient skips the step and halves the loss scale.
 
     Data-parallel (``replicas`` of a model under DDP): the descent pass is plain DDP, its gradient
-    averaged by DDP. The ascent pass, forward and backward, runs outside DDP's reducer; with
-    ``perturbation="global"`` its gradients are then averaged by hand, so every process climbs
-    the same ε (the authors' code), with ``"local"`` each climbs along its own batch's gradient.
+    averaged by DDP; the ascent pass runs outside DDP's reducer (see ``_Passes.ascent``).
     The processes agree on every skip, so that they take the same passes.
     """
-    sharpness_aware = isinstance(optimizer, SAM)
+    sharpness_aware = sharpness_aware and isinstance(optimizer, SAM)
     loss_scale = precision.loss_scale
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     saved_stats = (
         [b.clone() for b in _batchnorm_buffers(model)] if on_nonfinite == "skip" or loss_scale else None
     )
-    descent_inputs, descent_targets = inputs, targets
-    if sharpness_aware:
-        size = ascent_batch_size(len(targets), ascent_fraction)
-        inputs, targets = inputs[:size], targets[:size]
-
-    def give_up(pass_name: str, pass_loss: torch.Tensor) -> StepResult:
-        """Skip the step (or raise), with weights and BatchNorm statistics as they were."""
-        optimizer.zero_grad(set_to_none=True)
-        # Under fp16 a finite loss whose gradient overflowed is the scale's fault, not the run's.
-        overflowed = loss_scale is not None and replicas.all_true(torch.isfinite(pass_loss))
-        if loss_scale is not None:
-            loss_scale.update(overflowed=True)
-        if on_nonfinite == "stop" and not overflowed:
-            raise NonFiniteError(pass_name)
-        with torch.no_grad():
-            for buffer, saved in zip(_batchnorm_buffers(model), saved_stats):
-                buffer.copy_(saved)
-        return StepResult(loss.detach(), correct, len(targets), skipped=True)
-
-    with replicas.ascent_pass(model) if sharpness_aware else nullcontext():
-        with (
-            optimizer.ascent_graph() if sharpness_aware else nullcontext(),
-            frozen_batchnorm_stats(model) if bn_stats == "descent" else nullcontext(),
-            precision.autocast(),
-        ):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        _backward(loss, precision, optimizer.ascent_backward if sharpness_aware else torch.Tensor.backward)
-    if sharpness_aware and perturbation == "global":
-        replicas.average_gradients(params)
-    if loss_scale is not None:
-        loss_scale.unscale_(params)
-    correct = (logits.argmax(dim=1) == targets).sum()
-    # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
-    if not replicas.all_true(_finite_check(loss, model)):
-        return give_up("ascent" if sharpness_aware else "training", loss)
-    if sharpness_aware:
-        optimizer.first_step(zero_grad=True)
-        with frozen_batchnorm_stats(model) if bn_stats == "ascent" else nullcontext():
-            with precision.autocast():
-                descent_loss = F.cross_entropy(model(descent_inputs), descent_targets)
-            _backward(descent_loss, precision, torch.Tensor.backward)
-        if loss_scale is not None:
-            loss_scale.unscale_(params)
-        if not replicas.all_true(_finite_check(descent_loss, model)):
-            optimizer.restore_weights()
-            return give_up("descent", descent_loss)
-        optimizer.second_step(zero_grad=True)
-    else:
-        optimizer.step()
+    passes = _Passes(model, optimizer, precision, replicas)
+    try:
+        if not sharpness_aware:
+            result = passes.plain(
+                inputs, targets, freeze_stats=bn_stats == "descent" and not isinstance(optimizer, SAM)
+            )
+        elif m is None:
+            result = passes.sharpness_aware(
+                inputs, targets, bn_stats=bn_stats, perturbation=perturbation, ascent_fraction=ascent_fraction
+            )
+        else:
+            result = passes.per_shard(inputs, targets, bn_stats=bn_stats, perturbation=perturbation, m=m)
+    except _PassFailed as failure:
+        return _skip_step(
+            failure, model, optimizer, saved_stats, on_nonfinite, precision, replicas, sharpness_aware
+        )
     if loss_scale is not None:
         loss_scale.update(overflowed=False)
-    return StepResult(loss.detach(), correct, len(targets))
+    return result
+
+
+def _skip_step(
+    failure: _PassFailed,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    saved_stats: list[torch.Tensor] | None,
+    on_nonfinite: str,
+    precision: Precision,
+    replicas: Replicas,
+    sharpness_aware: bool,
+) -> StepResult:
+    """Give up the step (or raise), with weights and BatchNorm statistics as they were."""
+    if sharpness_aware:
+        optimizer.restore_weights()
+    optimizer.zero_grad(set_to_none=True)
+    loss_scale = precision.loss_scale
+    # Under fp16 a finite loss whose gradient overflowed is the scale's fault, not the run's.
+    overflowed = loss_scale is not None and replicas.all_true(torch.isfinite(failure.loss))
+    if loss_scale is not None:
+        loss_scale.update(overflowed=True)
+    if on_nonfinite == "stop" and not overflowed:
+        raise NonFiniteError(failure.pass_name)
+    with torch.no_grad():
+        for buffer, saved in zip(_batchnorm_buffers(model), saved_stats):
+            buffer.copy_(saved)
+    return StepResult(failure.loss.detach(), torch.zeros((), dtype=torch.long), 0, skipped=True)
 
 
 # The totals each process counts over its own share of the batches. (The mean ‖ε‖ stays the
@@ -168,6 +298,7 @@ class EpochProgress:
     images: int = 0  # that loss_sum and correct are over (the ascent part of each batch)
     trained_images: int = 0  # in the batches, whole
     skipped_steps: int = 0
+    sharpness_aware_steps: int = 0  # not skipped, and climbed to w + ε (late-phase SAM: not all)
     time_s: float = 0.0
     perturbation_norm_sum: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
@@ -202,8 +333,11 @@ class EpochProgress:
         return 100.0 * self.correct / max(self.images, 1)
 
     @property
-    def perturbation_norm(self) -> float:
-        return self.perturbation_norm_sum / max(self.step - self.skipped_steps, 1)
+    def perturbation_norm(self) -> float | None:
+        """Mean ‖ε‖ over the sharpness-aware steps; None when there was none."""
+        if not self.sharpness_aware_steps:
+            return None
+        return self.perturbation_norm_sum / self.sharpness_aware_steps
 
 
 @dataclass(frozen=True)
@@ -213,6 +347,7 @@ class StepOptions:
     bn_stats: str = "ascent"
     on_nonfinite: str = "stop"
     ascent_fraction: float = 1.0
+    m: int | None = None
     precision: Precision = FLOAT32
     perturbation: str = "global"
     replicas: Replicas = SINGLE_PROCESS
@@ -229,11 +364,13 @@ def train_one_epoch(
     step_options: StepOptions = StepOptions(),
     memory_format: torch.memory_format = torch.contiguous_format,
     after_step: Callable[[EpochProgress], None] | None = None,
+    sharpness_aware_from: int = 0,
     description: str = "",
     progress_bar: bool = True,
 ) -> EpochProgress:
     """Continue the epoch from ``progress`` (the loader yields the batches not yet done);
-    ``after_step`` sees the totals after every step (e.g. to checkpoint)."""
+    ``after_step`` sees the totals after every step (e.g. to checkpoint). Steps before the
+    epoch's step ``sharpness_aware_from`` are plain SGD steps (late-phase SAM)."""
     model.train()
     bar = tqdm(
         loader,
@@ -249,7 +386,14 @@ def train_one_epoch(
         started = time.perf_counter()
         inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
-        result = training_step(model, optimizer, inputs, targets, **step_options.__dict__)
+        result = training_step(
+            model,
+            optimizer,
+            inputs,
+            targets,
+            sharpness_aware=progress.step >= sharpness_aware_from,
+            **step_options.__dict__,
+        )
         scheduler.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -265,7 +409,8 @@ def train_one_epoch(
             progress.loss_sum += result.loss.item() * result.examples
             progress.correct += int(result.correct)
             progress.images += result.examples
-            if isinstance(optimizer, SAM):
+            if result.sharpness_aware:
+                progress.sharpness_aware_steps += 1
                 progress.perturbation_norm_sum += optimizer.last_perturbation_norm.item()
         if progress.step % 20 == 0:
             bar.set_postfix(loss=f"{progress.loss:.4f}", acc=f"{progress.accuracy:.2f}")

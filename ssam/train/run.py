@@ -55,11 +55,9 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def datasets_from_config(
-    cfg: DictConfig, *, augment: bool = True
-) -> tuple[torch.utils.data.Dataset, torch.utils.data.Dataset]:
-    """The run's (train, test) datasets; ``augment=False`` leaves out the training set's random
-    crop, flip and Cutout (for measurements that must see the same images every time)."""
+def datasets_from_config(cfg: DictConfig, *, augment: bool = True) -> data.Splits:
+    """The run's (train, test, validation) datasets; ``augment=False`` leaves out the training
+    set's random crop, flip and Cutout (for measurements that must see the same images every time)."""
     dataset = cfg.dataset
     if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
         data.download(dataset.name, dataset.root)
@@ -71,6 +69,11 @@ def datasets_from_config(
         std=list(dataset.std),
         train_size=dataset.train_size,
         test_size=dataset.test_size,
+        # Absent from the configs of runs recorded before they existed (ssam.analyze reads those).
+        val_size=dataset.get("val_size"),
+        label_noise=dataset.get("label_noise", 0.0),
+        label_noise_seed=dataset.get("label_noise_seed", 0),
+        num_classes=dataset.num_classes,
         crop_padding=dataset.crop_padding if augment else 0,
         hflip=dataset.hflip and augment,
         cutout=dataset.cutout and augment,
@@ -86,6 +89,22 @@ def model_from_config(cfg: DictConfig) -> torch.nn.Module:
         image_size=cfg.dataset.image_size,
         **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
     )
+
+
+def eval_loader(
+    cfg: DictConfig, dataset: torch.utils.data.Dataset, device: torch.device
+) -> DataLoader | DeviceEvalLoader:
+    """Batches of an evaluation set (this process's share) in its order, normalised only: on
+    ``device`` whole with dataset.on_device, else transformed on the CPU."""
+    if cfg.dataset.on_device:
+        return DeviceEvalLoader(
+            *data.images_and_labels(dataset),
+            batch_size=cfg.trainer.eval_batch_size,
+            mean=list(cfg.dataset.mean),
+            std=list(cfg.dataset.std),
+            device=device,
+        )
+    return DataLoader(dataset, batch_size=cfg.trainer.eval_batch_size, num_workers=cfg.trainer.num_workers)
 
 
 def build_loaders(
@@ -110,10 +129,7 @@ def build_loaders(
             augmentation=Augmentation(dataset.crop_padding, dataset.hflip, dataset.cutout),
             **normalisation,
         )
-        test_loader = DeviceEvalLoader(
-            *data.images_and_labels(test_set), batch_size=cfg.trainer.eval_batch_size, **normalisation
-        )
-        return train_loader, test_loader
+        return train_loader, eval_loader(cfg, test_set, device)
     workers = cfg.trainer.num_workers
     train_loader = DataLoader(
         train_set,
@@ -124,8 +140,7 @@ def build_loaders(
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )
-    test_loader = DataLoader(test_set, batch_size=cfg.trainer.eval_batch_size, num_workers=workers)
-    return train_loader, test_loader
+    return train_loader, eval_loader(cfg, test_set, device)
 
 
 def _build_optimizer(
@@ -288,6 +303,23 @@ def _resume(
     return history, progress
 
 
+BEST_VAL_KEYS = ("best_val_acc", "best_val_epoch", "test_acc_at_best_val")
+
+
+def _best_validation(history: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """The best validation accuracy so far, its epoch (0-based, as metrics' ``epoch``) and that
+    epoch's test accuracy; a tie keeps the earlier epoch. Empty without a validation set."""
+    if "val_acc" not in record:
+        return {}
+    if record["val_acc"] > history.get("best_val_acc", float("-inf")):
+        return {
+            "best_val_acc": record["val_acc"],
+            "best_val_epoch": record["epoch"],
+            "test_acc_at_best_val": record["test_acc"],
+        }
+    return {key: history[key] for key in BEST_VAL_KEYS}
+
+
 class TrainingStopped(RuntimeError):
     """Training cannot go on (a non-finite loss, a checkpoint that cannot be written)."""
 
@@ -335,11 +367,12 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     seed_everything(cfg.seed)
 
     try:
-        train_set, test_set = datasets_from_config(cfg)
+        train_set, test_set, val_set = datasets_from_config(cfg)
     except DataError:
         raise
     except ValueError as error:  # a setting that only the data can check (a subset too large)
         raise ConfigError(str(error)) from error
+    label_noise_changed = data.changed_label_fraction(train_set)
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
     sampler = EpochShuffle(
@@ -371,6 +404,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     except ValueError as error:  # settings that need the model or data to check
         raise ConfigError(str(error)) from error
     train_loader, test_loader = build_loaders(cfg, train_set, replicas.shard(test_set), sampler, device)
+    val_loader = None if val_set is None else eval_loader(cfg, replicas.shard(val_set), device)
     steps_per_epoch = math.ceil(sampler.examples_per_process / cfg.batch_size)
     scheduler_settings = {k: v for k, v in OmegaConf.to_container(cfg.scheduler).items() if k != "name"}
     # The schedule drives the base optimizer, whose step() is the one that runs (SAM calls it in
@@ -458,10 +492,13 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
         on_nonfinite=cfg.trainer.on_nonfinite,
         ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
+        m=cfg.optimizer.get("m"),
         precision=precision,
         perturbation=cfg.optimizer.get("perturbation", "global"),
         replicas=replicas,
     )
+    # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
+    sharpness_aware_from = math.ceil(cfg.optimizer.get("sam_from", 0.0) * cfg.epochs * steps_per_epoch)
     track_every = cfg.trainer.track_sharpness_every
     tracker = SharpnessTracker(train_set) if track_every else None  # before the loop: see its docstring
     for epoch in range(history["epoch"], cfg.epochs):
@@ -486,6 +523,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
                 step_options=step_options,
                 memory_format=memory_format,
                 after_step=after_step,
+                sharpness_aware_from=sharpness_aware_from - epoch * steps_per_epoch,
                 description=f"epoch {epoch + 1}/{cfg.epochs}",
                 progress_bar=cfg.trainer.progress_bar and replicas.is_main,
             )
@@ -520,8 +558,18 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
             "images_per_s": result.trained_images / result.time_s,
             "skipped_steps": result.skipped_steps,
         }
+        if val_loader is not None:
+            record["val_loss"], record["val_acc"] = evaluate(
+                evaluation_model,
+                val_loader,
+                device,
+                precision=precision,
+                memory_format=memory_format,
+                replicas=replicas,
+            )
         if isinstance(optimizer, SAM):
             record["perturbation_norm"] = result.perturbation_norm
+            record["sharpness_aware_steps"] = result.sharpness_aware_steps
         if sparse:
             record["mask_density"] = optimizer.mask_density()
             record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
@@ -543,6 +591,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
             "final_test_acc": test_acc,
             # A resumed run's processes each see only their own peak: keep the largest.
             "peak_memory_mb": max(history.get("peak_memory_mb", 0.0), peak_memory_mb(device)),
+            **_best_validation(history, record),
         }
         epoch_progress = None
         if replicas.is_main:
@@ -568,16 +617,25 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "threads": torch.get_num_threads(),
         "device": device_name(device),
         "world_size": replicas.world_size,
+        "label_noise": cfg.dataset.label_noise,
+        "label_noise_seed": cfg.dataset.label_noise_seed,
+        "label_noise_changed": label_noise_changed,
+        "val_size": cfg.dataset.val_size,
+        **{key: history[key] for key in BEST_VAL_KEYS if key in history},
     }
     if cfg.optimizer.name in SHARPNESS_AWARE:
         summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
         summary["perturbation"] = cfg.optimizer.perturbation
+        summary["sam_from"] = cfg.optimizer.sam_from
+        summary["m"] = cfg.optimizer.m
     if sparse:
         summary["granularity"] = cfg.optimizer.granularity
         summary["norm"] = cfg.optimizer.norm
         if cfg.optimizer.granularity == "tensor":
             summary["tensor_score"] = cfg.optimizer.tensor_score
             summary["ascent_cost"] = cfg.optimizer.ascent_cost
+        if cfg.optimizer.name == "ssam_d":
+            summary["drop_rate"] = cfg.optimizer.drop_rate
         summary["mask_density"] = optimizer.mask_density()
         summary["mask_update_time_s"] = optimizer.mask_update_time_s
     if replicas.is_main:

@@ -106,6 +106,13 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.track_sharpness_every must be an integer >= 0, got {track_every!r}")
     _optional_positive_int("dataset.train_size", cfg.dataset.train_size)
     _optional_positive_int("dataset.test_size", cfg.dataset.test_size)
+    # Whether val_size leaves enough training examples is checked where the data is known.
+    _optional_positive_int("dataset.val_size", cfg.dataset.val_size)
+    _in_range("dataset.label_noise", cfg.dataset.label_noise, 0.0, 1.0, high_open=True)
+    if not _is_int(cfg.dataset.label_noise_seed):
+        raise ConfigError(
+            f"dataset.label_noise_seed must be an integer, got {cfg.dataset.label_noise_seed!r}"
+        )
     _boolean("dataset.on_device", cfg.dataset.on_device)
     if cfg.dataset.on_device and cfg.dataset.name not in IN_MEMORY_DATASETS:
         raise ConfigError(
@@ -124,6 +131,14 @@ def validate_config(cfg: DictConfig) -> None:
         if not (_is_number(optimizer.ascent_fraction) and 0 < optimizer.ascent_fraction <= 1):
             raise ConfigError(
                 f"optimizer.ascent_fraction must be in (0, 1], got {optimizer.ascent_fraction!r}"
+            )
+        _in_range("optimizer.sam_from", optimizer.sam_from, 0.0, 1.0, high_open=True)
+        _optional_positive_int("optimizer.m", optimizer.m)
+        if optimizer.m is not None and optimizer.ascent_fraction != 1:
+            raise ConfigError(
+                "optimizer.m (each shard of m examples climbs its own ε) and optimizer.ascent_fraction "
+                f"< 1 (one ε from part of the batch) are two different methods: set one, got m={optimizer.m}, "
+                f"ascent_fraction={optimizer.ascent_fraction}"
             )
     if optimizer.name in SPARSE:
         _in_range("optimizer.sparsity", optimizer.sparsity, 0.0, 1.0, high_open=True)
