@@ -16,7 +16,8 @@ to every run.
   ``<out>/sweep.json`` records the wall time of every invocation and of each run in it.
 - ``bench`` measures each configuration's step cost relative to SGD in one process, on the
   preset's own model, batch and data, built by the trainer's builders: the configurations take
-  turns each repeat, and the median is kept. Per step, with f = optimizer.sam_from,
+  turns each repeat, and the median is kept. Per step, with f the share of plain steps
+  (⌈optimizer.sam_from · T⌉ / T, as the trainer counts them),
 
       cost = f · t_plain + (1 − f) · t_sharpness_aware + (t_first_mask + k · t_refresh) / T
 
@@ -226,18 +227,21 @@ class BenchedConfig:
             bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
             on_nonfinite=cfg.trainer.on_nonfinite,
             ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
+            m=cfg.optimizer.get("m"),
             precision=precision,
             perturbation=cfg.optimizer.get("perturbation", "global"),
             replicas=SINGLE_PROCESS,
         )
-        self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        # Late-phase SAM: the trainer's first ⌈sam_from · T⌉ steps are plain.
+        self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
+        self.plain_steps = math.ceil(self.sam_from * self.total_steps)
         self.sparse = isinstance(self.optimizer, SSAM)
 
     @staticmethod
     def _first_batch(cfg: DictConfig, device: torch.device):
-        train_set, test_set = datasets_from_config(cfg)
+        train_set, test_set, _ = datasets_from_config(cfg)
         train_set = PerSampleSeeded(train_set, cfg.seed)
         sampler = EpochShuffle(len(train_set), cfg.seed, batch_size=cfg.batch_size)
         train_loader, _ = build_loaders(cfg, train_set, test_set, sampler, device)
@@ -251,13 +255,11 @@ class BenchedConfig:
             options = {**options, "sharpness_aware": False}
         training_step(self.model, self.optimizer, inputs, self.targets, **options)
 
-    def first_sharpness_aware_epoch(self) -> int:
-        return int(self.sam_from * self.total_steps) // self.steps_per_epoch
-
     def later_refreshes(self) -> int:
-        """Mask refreshes after the first mask (built at the first sharpness-aware step)."""
+        """Mask refreshes after the first mask, which the first sharpness-aware step builds: one
+        at each later epoch the strategy is due."""
         strategy = self.optimizer.mask_strategy
-        start = self.first_sharpness_aware_epoch()
+        start = self.plain_steps // self.steps_per_epoch
         return sum(strategy.is_due(epoch) for epoch in range(start + 1, self.cfg.epochs))
 
     def refresh_epoch(self) -> int:
@@ -289,10 +291,10 @@ def bench(args: argparse.Namespace) -> dict:
             entry.step()  # the first builds Sparse SAM's mask
             if name not in first_mask_s and entry.sparse:
                 first_mask_s[name] = entry.optimizer.mask_update_time_s
-            if entry.sam_from > 0:
+            if entry.plain_steps:
                 entry.step(sharpness_aware=False)
         steps[(name, "sharpness_aware")] = entry.step
-        if entry.sam_from > 0:
+        if entry.plain_steps:
             steps[(name, "plain")] = lambda entry=entry: entry.step(sharpness_aware=False)
         if entry.sparse and entry.later_refreshes() > 0:
             refresh_times[name] = []
@@ -302,9 +304,9 @@ def bench(args: argparse.Namespace) -> dict:
 
     results = {}
     for name, entry in benched.items():
-        f = entry.sam_from
+        f = entry.plain_steps / entry.total_steps
         step_s = statistics.median(times[(name, "sharpness_aware")])
-        plain_s = statistics.median(times[(name, "plain")]) if f > 0 else None
+        plain_s = statistics.median(times[(name, "plain")]) if entry.plain_steps else None
         refreshes = entry.later_refreshes() if entry.sparse else 0
         refresh_s = statistics.median(refresh_times[name]) if refreshes else None
         masks_per_step_s = (first_mask_s.get(name, 0.0) + refreshes * (refresh_s or 0.0)) / entry.total_steps
@@ -313,7 +315,8 @@ def bench(args: argparse.Namespace) -> dict:
             "overrides": run_overrides(args.preset, name, args.set),
             "step_s": step_s,
             "plain_step_s": plain_s,
-            "sam_from": f,
+            "sam_from": entry.sam_from,
+            "plain_share": f,
             "first_mask_s": first_mask_s.get(name),
             "refresh_s": refresh_s,
             "refreshes_after_first": refreshes,

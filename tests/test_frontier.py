@@ -15,18 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import frontier  # noqa: E402
 
-# Settings the frontier's configurations use that are not in every checkout's configs yet.
-PENDING_KEYS = {"optimizer.sam_from": ROOT / "configs" / "optimizer" / "sam.yaml"}
-PRESET = "fmnist_noisy" if (ROOT / "configs" / "experiment" / "fmnist_noisy.yaml").exists() else "fmnist_cpu"
-
-
-def pending(config: str) -> list[str]:
-    """The config's keys that the configs on disk do not define yet."""
-    keys = [override.split("=")[0] for override in frontier.CONFIGS[config]]
-    return [key for key in keys if key in PENDING_KEYS and key.split(".")[-1] + ":" not in PENDING_KEYS[key].read_text()]
-
-
-COMPOSABLE = [config for config in frontier.CONFIGS if not pending(config)]
+PRESET = "fmnist_noisy"
 
 
 def write_run(out: Path, config: str, seed: int, summary: dict | None) -> None:
@@ -37,7 +26,12 @@ def write_run(out: Path, config: str, seed: int, summary: dict | None) -> None:
 
 
 def summary(best_val: float | None, final: float, train_time_s: float) -> dict:
-    record = {"final_test_acc": final, "train_time_s": train_time_s, "step_time_s": 0.1, "dataset": "fashion_mnist"}
+    record = {
+        "final_test_acc": final,
+        "train_time_s": train_time_s,
+        "step_time_s": 0.1,
+        "dataset": "fashion_mnist",
+    }
     if best_val is not None:
         record["test_acc_at_best_val"] = best_val
     return record
@@ -66,7 +60,11 @@ def frontier_out(tmp_path):
         "configs": {name: {"ratio_vs_sgd": ratio} for name, ratio in costs.items()},
     }
     (out / "step_cost.json").write_text(json.dumps(step_cost))
-    sweep = {"invocations": [{"configs": ["sgd", "sam", "ssam_f_s0.5", "ssam_d_s0.5"], "seeds": [0], "wall_s": 60.0}]}
+    sweep = {
+        "invocations": [
+            {"configs": ["sgd", "sam", "ssam_f_s0.5", "ssam_d_s0.5"], "seeds": [0], "wall_s": 60.0}
+        ]
+    }
     (out / "sweep.json").write_text(json.dumps(sweep))
     return out
 
@@ -108,9 +106,9 @@ def test_report_markdown_has_sams_gain_kept_and_the_difference_in_standard_error
     assert "| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.100 | 1.00 | — |" in markdown
     assert "| ssam_f_tensor_s0.5 | 1 | missing | 83.00 | 1.500 | 1.200 | — | — |" in markdown
     lines = markdown.splitlines()
-    assert lines.index("| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 0.00 | -4.90 |") < lines.index(
-        "| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.100 | 1.00 | — |"
-    )
+    assert lines.index(
+        "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 0.00 | -4.90 |"
+    ) < lines.index("| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.100 | 1.00 | — |")
 
 
 def test_report_lists_unfinished_never_started_and_unvalidated_runs(frontier_out, tmp_path):
@@ -138,8 +136,6 @@ def test_report_on_a_folder_without_runs_exits_non_zero(tmp_path, capsys):
 
 @pytest.mark.parametrize("config", list(frontier.CONFIGS))
 def test_every_configuration_composes_with_the_real_configs(config):
-    if pending(config):
-        pytest.skip(f"{', '.join(pending(config))} not in this checkout's configs yet")
     cfg = frontier.compose_config(frontier.run_overrides(PRESET, config, []))
     OmegaConf.to_container(cfg, resolve=True)
     for override in frontier.CONFIGS[config]:
@@ -158,11 +154,18 @@ def one_thread():
 
 
 def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_path, one_thread):
-    tiny = ["dataset.train_size=128", "dataset.test_size=32", "batch_size=32", "epochs=2", "model.widths=[4,4,4]"]
-    arguments = ["bench", "--preset", PRESET, "--configs", *COMPOSABLE, "--set", *tiny, *one_thread]
+    tiny = [
+        "dataset.train_size=128",
+        "dataset.val_size=32",
+        "dataset.test_size=32",
+        "batch_size=32",
+        "epochs=2",
+    ]
+    tiny.append("model.widths=[4,4,4]")
+    arguments = ["bench", "--preset", PRESET, "--set", *tiny, *one_thread]
     assert frontier.main([*arguments, "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "step_cost.json").read_text())
-    assert set(record["configs"]) == set(COMPOSABLE)
+    assert set(record["configs"]) == set(frontier.CONFIGS)
     assert record["configs"]["sgd"]["ratio_vs_sgd"] == 1.0
     assert all(result["ratio_vs_sgd"] > 0 for result in record["configs"].values())
     assert (record["steps_per_epoch"], record["batch_size"], record["input_shape"]) == (4, 32, [1, 28, 28])
@@ -172,3 +175,9 @@ def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_pat
     assert fisher["masks_per_step_s"] == pytest.approx((fisher["first_mask_s"] + fisher["refresh_s"]) / 8)
     assert fisher["cost_s"] == pytest.approx(fisher["step_s"] + fisher["masks_per_step_s"])
     assert record["configs"]["sam"]["masks_per_step_s"] == 0.0
+    late = record["configs"]["late_ssam_f_tensor_s0.5_0.8"]
+    # ⌈0.8 · 8⌉ = 7 plain steps; the mask is built in the second epoch, the last: no refresh.
+    assert (late["plain_share"], late["refreshes_after_first"]) == (7 / 8, 0)
+    assert late["cost_s"] == pytest.approx(
+        7 / 8 * late["plain_step_s"] + 1 / 8 * late["step_s"] + late["first_mask_s"] / 8
+    )
