@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import fields
 from pathlib import Path
 
 import matplotlib
@@ -204,6 +205,16 @@ def train(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------- bench
 
 
+def step_options_from_config(cfg: DictConfig, precision: Precision) -> StepOptions:
+    """The trainer's step options: each of StepOptions' settings the optimizer's config holds
+    (bn_stats, ascent_fraction, m, perturbation; SGD's holds none), trainer.on_nonfinite, the
+    precision. Read by field name, so that a step setting added to both stays in the benchmark."""
+    settings = {
+        field.name: cfg.optimizer[field.name] for field in fields(StepOptions) if field.name in cfg.optimizer
+    }
+    return StepOptions(**settings, on_nonfinite=cfg.trainer.on_nonfinite, precision=precision)
+
+
 class BenchedConfig:
     """One configuration built as the trainer builds it, with its steps ready to time."""
 
@@ -223,15 +234,7 @@ class BenchedConfig:
         self.optimizer = _build_optimizer(cfg, model, self.train_set, SINGLE_PROCESS)
         self.model = torch.compile(model) if cfg.trainer.compile else model
         precision = Precision(cfg.trainer.amp, device)
-        self.step_options = StepOptions(
-            bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
-            on_nonfinite=cfg.trainer.on_nonfinite,
-            ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
-            m=cfg.optimizer.get("m"),
-            precision=precision,
-            perturbation=cfg.optimizer.get("perturbation", "global"),
-            replicas=SINGLE_PROCESS,
-        )
+        self.step_options = step_options_from_config(cfg, precision)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         # Late-phase SAM: the trainer's first ⌈sam_from · T⌉ steps are plain.

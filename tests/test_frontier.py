@@ -144,6 +144,18 @@ def test_every_configuration_composes_with_the_real_configs(config):
         assert str(composed) == value, (config, key)
 
 
+def test_bench_steps_with_the_settings_of_each_configuration():
+    precision = frontier.Precision("none", torch.device("cpu"))
+    sgd = frontier.step_options_from_config(frontier.compose_config(["optimizer=sgd"]), precision)
+    assert sgd == frontier.StepOptions(precision=precision)
+    overrides = frontier.run_overrides(
+        PRESET, "ssam_f_tensor_s0.5_af0.25", ["optimizer.m=4", "trainer.on_nonfinite=skip"]
+    )
+    options = frontier.step_options_from_config(frontier.compose_config(overrides), precision)
+    assert (options.ascent_fraction, options.m, options.on_nonfinite) == (0.25, 4, "skip")
+    assert (options.bn_stats, options.perturbation) == ("ascent", "global")
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread, as tests/runs.py gives the runs: on a shared 2-core machine two
