@@ -1,5 +1,6 @@
-"""scripts/frontier.py: the report's arithmetic on summary.json files the test writes, the
-configuration table against the real configs, and the step-cost benchmark end to end."""
+"""scripts/frontier.py and frontier_report.py: the report's arithmetic on summary.json files
+the test writes, the configuration table against the real configs, and the step-cost benchmark
+end to end."""
 
 import csv
 import json
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import frontier  # noqa: E402
+import frontier_report  # noqa: E402
 
 PRESET = "fmnist_noisy"
 
@@ -80,7 +82,7 @@ def run_report(out: Path, tmp_path: Path) -> tuple[list[dict], str]:
 
 def test_report_csv_has_exactly_the_listed_columns_sorted_by_step_cost(frontier_out, tmp_path):
     rows, _ = run_report(frontier_out, tmp_path)
-    assert list(rows[0]) == list(frontier.CSV_COLUMNS)
+    assert list(rows[0]) == list(frontier_report.CSV_COLUMNS)
     assert [row["config"] for row in rows] == ["sgd", "ssam_f_s0.5", "ssam_f_tensor_s0.5", "sam"]
     assert [row["n"] for row in rows] == ["3", "2", "1", "3"]
 
