@@ -2,11 +2,13 @@
 
     python scripts/plots.py outputs/sweeps/fmnist_cpu --out docs/figures --prefix fmnist_cpu
 
-Per dataset / model it writes two PNGs:
-- ``<prefix>_accuracy_vs_sparsity.png``: final test accuracy (mean ± std over seeds) against
-  sparsity, one line per Sparse SAM method, SGD and SAM as horizontal bands;
+Per dataset / model (and label noise, where runs differ in it) it writes two PNGs:
+- ``<prefix>_accuracy_vs_sparsity.png``: the headline test accuracy (mean ± std over seeds)
+  against sparsity, one line per Sparse SAM method, SGD and SAM as horizontal bands;
 - ``<prefix>_accuracy_vs_time.png``: the same accuracies against training time per epoch
   relative to SGD (the efficiency frontier).
+The headline accuracy is, as in tables.py, the test accuracy at the epoch of best validation
+accuracy where every run of the row held out a validation split, else the final test accuracy.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from tables import LABELS, aggregate, collect, column_label, mean_std  # noqa: E402
+from tables import LABELS, aggregate, collect, column_label, label_noise_differs, mean_std, row_label  # noqa: E402
+
+
+def headline(cells: dict) -> tuple[str, str]:
+    """(statistic, axis label): the accuracy at the best validation epoch where every cell has it."""
+    if all(stats["at_best_val"] is not None for stats in cells.values()):
+        return "at_best_val", "test accuracy at the best validation epoch (%)"
+    return "final", "final test accuracy (%)"
 
 
 def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
+    statistic, axis_label = headline(cells)
     figure, axes = plt.subplots(figsize=(6, 4))
     for index, method in enumerate(("sgd", "sam")):
         if (method, None, "") in cells:
-            mean, std = mean_std(cells[(method, None, "")]["final"])
+            mean, std = mean_std(cells[(method, None, "")][statistic])
             color = f"C{index}"
             axes.axhline(mean, color=color, linestyle="--", label=f"{LABELS[method]} ({mean:.2f})")
             axes.axhspan(mean - std, mean + std, color=color, alpha=0.15)
@@ -35,11 +45,11 @@ def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
             (key[1], stats) for key, stats in cells.items() if (key[0], key[2]) == (method, variant)
         )
         sparsities = [s for s, _ in points]
-        means, stds = zip(*(mean_std(stats["final"]) for _, stats in points))
+        means, stds = zip(*(mean_std(stats[statistic]) for _, stats in points))
         label = LABELS[method] + (f" ({variant})" if variant else "")
         axes.errorbar(sparsities, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=label)
     axes.set_xlabel("sparsity (fraction of weights not perturbed)")
-    axes.set_ylabel("final test accuracy (%)")
+    axes.set_ylabel(axis_label)
     axes.set_title(title)
     axes.legend()
     figure.tight_layout()
@@ -48,19 +58,20 @@ def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
 
 
 def plot_accuracy_vs_time(cells: dict, title: str, path: Path) -> None:
+    statistic, axis_label = headline(cells)
     figure, axes = plt.subplots(figsize=(6, 4))
     for index, method in enumerate(("sgd", "sam", "ssam_f", "ssam_d")):
         for key, stats in sorted(cells.items(), key=lambda item: str(item[0])):
             if key[0] != method or stats["time_vs_sgd"] is None:
                 continue
-            mean, std = mean_std(stats["final"])
+            mean, std = mean_std(stats[statistic])
             label = column_label(key)
             axes.errorbar(stats["time_vs_sgd"], mean, yerr=std, marker="o", capsize=3, color=f"C{index}")
             axes.annotate(
                 label, (stats["time_vs_sgd"], mean), textcoords="offset points", xytext=(4, 4), fontsize=7
             )
     axes.set_xlabel("training time per epoch / SGD's")
-    axes.set_ylabel("final test accuracy (%)")
+    axes.set_ylabel(axis_label)
     axes.set_title(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -79,9 +90,12 @@ def main() -> None:
     if not summaries:
         raise SystemExit(f"no finished runs (summary.json) under {args.root}")
     args.out.mkdir(parents=True, exist_ok=True)
-    for (dataset, model), cells in sorted(aggregate(summaries).items()):
-        stem = f"{args.prefix}_{dataset}_{model}"
-        title = f"{dataset} / {model}"
+    table = aggregate(summaries)
+    noise_differs = label_noise_differs(table)
+    for (dataset, model, label_noise), cells in sorted(table.items()):
+        noise = f"_noise{label_noise:g}" if noise_differs else ""
+        stem = f"{args.prefix}_{dataset}_{model}{noise}"
+        title = row_label((dataset, model, label_noise), noise_differs)
         plot_accuracy_vs_sparsity(cells, title, args.out / f"{stem}_accuracy_vs_sparsity.png")
         plot_accuracy_vs_time(cells, title, args.out / f"{stem}_accuracy_vs_time.png")
         print(f"wrote {args.out / stem}_accuracy_vs_sparsity.png and _accuracy_vs_time.png")

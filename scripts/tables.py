@@ -2,13 +2,18 @@
 
     python scripts/tables.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_table.md --csv docs/fmnist.csv
 
-Rows are dataset / model; columns SGD, SAM, then SSAM-F and SSAM-D at each sparsity found,
-and apart from the paper's element-wise masks, each other mask granularity and normalisation.
+Rows are dataset / model (and the label noise, where the runs differ in it); columns SGD, SAM,
+then SSAM-F and SSAM-D at each sparsity found, and apart from the paper's element-wise masks,
+each other mask granularity and normalisation.
 Cells are the mean ± sample std over seeds, with the number of runs; runs that share a
-seed (a sweep over another setting under the same root) are flagged, not silently pooled. Three tables: final test
-accuracy, best test accuracy over epochs, and training time per epoch relative to SGD. A
+seed (a sweep over another setting under the same root) are flagged, not silently pooled. The
+tables: when the runs held out a validation split (dataset.val_size), first the test accuracy at
+the epoch of best validation accuracy (the honest headline: the epoch is chosen without the test
+set); then final test accuracy, best test accuracy over epochs (selected on the test set, as the
+paper's authors report it), and training time per epoch relative to SGD. A
 run directory without summary.json (crashed or still running) is listed, never silently
-dropped, and a cell with fewer seeds than its row's best-covered cell is flagged.
+dropped, and a cell with fewer seeds than its row's best-covered cell is flagged. A folder
+without any run is an error.
 """
 
 from __future__ import annotations
@@ -47,7 +52,13 @@ PAPER_SETTINGS = {
     "ascent_fraction": 1.0,
     "perturbation": "global",
     "amp": "none",
+    "sam_from": 0.0,
+    "m": None,  # no m-sharpness: only a set m is a variant
 }
+# The tables' titles; the first only where every run of a cell held out a validation split.
+AT_BEST_VAL_TITLE = "Test accuracy at the epoch of best validation accuracy (%)"
+FINAL_TITLE = "Final test accuracy (%)"
+BEST_TITLE = "Best test accuracy over epochs, selected on the test set (the authors' metric) (%)"
 
 
 def _variant_label(key: str, value) -> str:
@@ -78,11 +89,27 @@ def column_label(key: tuple[str, float | None, str]) -> str:
     return label + ("" if sparsity is None else f" s={sparsity:g}")
 
 
-def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]:
-    """{(dataset, model): {(optimizer, sparsity): statistics of its runs}}."""
-    grouped: dict[tuple[str, str], dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
+def row_key(summary: dict) -> tuple[str, str, float]:
+    """(dataset, model, label noise): label noise is a property of the data, not of the method,
+    so runs under other noise are another row. A summary from before label noise had none."""
+    return summary["dataset"], summary["model"], summary.get("label_noise", 0.0)
+
+
+def label_noise_differs(table) -> bool:
+    """Whether the rows differ in label noise, so that their labels must say it."""
+    return len({label_noise for _, _, label_noise in table}) > 1
+
+
+def row_label(key: tuple[str, str, float], noise_differs: bool) -> str:
+    dataset, model, label_noise = key
+    return f"{dataset} / {model}" + (f", {label_noise * 100:g}% noise" if noise_differs else "")
+
+
+def aggregate(summaries: list[dict]) -> dict[tuple[str, str, float], dict[tuple, dict]]:
+    """{(dataset, model, label noise): {(optimizer, sparsity, variant): statistics of its runs}}."""
+    grouped: dict[tuple[str, str, float], dict[tuple, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for summary in summaries:
-        grouped[(summary["dataset"], summary["model"])][column(summary)].append(summary)
+        grouped[row_key(summary)][column(summary)].append(summary)
     table = {}
     for row, cells in grouped.items():
         table[row] = {}
@@ -95,6 +122,12 @@ def aggregate(summaries: list[dict]) -> dict[tuple[str, str], dict[tuple, dict]]
                 "mixed_settings": len(set(seeds)) < len(seeds),
                 "final": [run["final_test_acc"] for run in runs],
                 "best": [run["best_test_acc"] for run in runs],
+                # None unless every run held out a validation split.
+                "at_best_val": (
+                    [run["test_acc_at_best_val"] for run in runs]
+                    if all("test_acc_at_best_val" in run for run in runs)
+                    else None
+                ),
                 "time_per_epoch_s": statistics.median(per_epoch),
             }
         sgd = table[row].get(("sgd", None, ""))
@@ -118,12 +151,27 @@ def column_order(key: tuple[str, float | None, str]) -> tuple:
     return METHOD_ORDER.get(optimizer, 9), variant, -1 if sparsity is None else sparsity
 
 
+def has_validation(table) -> bool:
+    """Whether any cell's runs all held out a validation split."""
+    return any(stats["at_best_val"] is not None for cells in table.values() for stats in cells.values())
+
+
+def _accuracy(values: list[float] | None) -> str:
+    return "-" if values is None else "{:.2f} ± {:.2f}".format(*mean_std(values))
+
+
 def markdown(table, unfinished: list[Path]) -> str:
     columns = _columns(table)
+    noise_differs = label_noise_differs(table)
+    accuracies = [
+        (FINAL_TITLE, lambda s: _accuracy(s["final"])),
+        (BEST_TITLE, lambda s: _accuracy(s["best"])),
+    ]
+    if has_validation(table):
+        accuracies.insert(0, (AT_BEST_VAL_TITLE, lambda s: _accuracy(s["at_best_val"])))
     sections = []
     for title, render in (
-        ("Final test accuracy (%)", lambda s: "{:.2f} ± {:.2f}".format(*mean_std(s["final"]))),
-        ("Best test accuracy over epochs (%)", lambda s: "{:.2f} ± {:.2f}".format(*mean_std(s["best"]))),
+        *accuracies,
         (
             "Training time per epoch, relative to SGD (median over runs)",
             lambda s: "-" if s["time_vs_sgd"] is None else f"{s['time_vs_sgd']:.2f}×",
@@ -135,17 +183,17 @@ def markdown(table, unfinished: list[Path]) -> str:
             "| dataset / model | " + " | ".join(column_label(c) for c in columns) + " |",
             "|---|" + "---|" * len(columns),
         ]
-        for (dataset, model), cells in sorted(table.items()):
+        for key, cells in sorted(table.items()):
             most = max(stats["runs"] for stats in cells.values())
             row = []
-            for key in columns:
-                stats = cells.get(key)
+            for column_key in columns:
+                stats = cells.get(column_key)
                 if stats is None:
                     row.append("missing")
                     continue
                 flag = ("" if stats["runs"] == most else " ⚠") + (" ‡" if stats["mixed_settings"] else "")
                 row.append(f"{render(stats)} (n={stats['runs']}){flag}")
-            lines.append(f"| {dataset} / {model} | " + " | ".join(row) + " |")
+            lines.append(f"| {row_label(key, noise_differs)} | " + " | ".join(row) + " |")
         sections.append("\n".join(lines))
     text = "\n\n".join(sections)
     text += (
@@ -159,29 +207,32 @@ def markdown(table, unfinished: list[Path]) -> str:
 
 def write_csv(table, path: Path) -> None:
     fields = [
-        "dataset", "model", "optimizer", "sparsity", "variant", "runs", "final_mean", "final_std",
-        "best_mean", "best_std", "time_per_epoch_s", "time_vs_sgd",
+        "dataset", "model", "label_noise", "optimizer", "sparsity", "variant", "runs",
+        "at_best_val_mean", "at_best_val_std", "final_mean", "final_std", "best_mean", "best_std",
+        "time_per_epoch_s", "time_vs_sgd",
     ]  # fmt: skip
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for (dataset, model), cells in sorted(table.items()):
-            for key in _columns({(dataset, model): cells}):
+        for (dataset, model, label_noise), cells in sorted(table.items()):
+            for key in _columns({(dataset, model, label_noise): cells}):
                 stats = cells[key]
-                final_mean, final_std = mean_std(stats["final"])
-                best_mean, best_std = mean_std(stats["best"])
+                accuracies = {}
+                for name in ("at_best_val", "final", "best"):
+                    rounded = (
+                        ("", "") if stats[name] is None else (round(v, 4) for v in mean_std(stats[name]))
+                    )
+                    accuracies[f"{name}_mean"], accuracies[f"{name}_std"] = rounded
                 writer.writerow(
                     {
                         "dataset": dataset,
                         "model": model,
+                        "label_noise": label_noise,
                         "optimizer": key[0],
                         "sparsity": "" if key[1] is None else key[1],
                         "variant": key[2],
                         "runs": stats["runs"],
-                        "final_mean": round(final_mean, 4),
-                        "final_std": round(final_std, 4),
-                        "best_mean": round(best_mean, 4),
-                        "best_std": round(best_std, 4),
+                        **accuracies,
                         "time_per_epoch_s": round(stats["time_per_epoch_s"], 4),
                         "time_vs_sgd": "" if stats["time_vs_sgd"] is None else round(stats["time_vs_sgd"], 4),
                     }
@@ -197,6 +248,11 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, help="also write one CSV row per cell here")
     args = parser.parse_args()
     summaries, unfinished = collect(args.root)
+    if not summaries:
+        listed = f"; unfinished: {', '.join(str(p) for p in unfinished)}" if unfinished else ""
+        raise SystemExit(
+            f"no finished run (a run directory with summary.json) found under {args.root}{listed}"
+        )
     table = aggregate(summaries)
     text = markdown(table, unfinished)
     print(text)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from runs import comparable, kill_after_checkpoints, read_json, read_jsonl, train_ok
 from test_data import (
     CIFAR10_MEAN,
@@ -35,6 +36,7 @@ from ssam.data import (
 from ssam.data.device_loader import Augmentation, DeviceTrainLoader
 from ssam.data.label_noise import noisy_labels
 from ssam.data.sampling import EpochShuffle
+from ssam.data.transforms import imagenet_transform
 
 FASHION = dict(image_size=28, mean=[0.5], std=[0.5], num_classes=10)
 
@@ -133,7 +135,7 @@ def test_noisy_labels_are_the_same_for_every_run_seed_and_every_build(fashion_ro
 
 
 def test_no_noise_and_no_validation_give_todays_datasets(fashion_root):
-    train, test, val = fashion(fashion_root, train_size=50, test_size=10, label_noise=0.0)
+    train, _, val = fashion(fashion_root, train_size=50, test_size=10, label_noise=0.0)
     assert val is None
     assert type(train) is Subset
     assert train.indices == fixed_subset(train.dataset, 50).indices
@@ -180,6 +182,19 @@ def test_image_folder_labels_are_read_from_targets_and_made_noisy(tmp_path):
     assert torch.equal(labels, labels_of(train))
     assert int((labels != stored).sum()) == 5
     assert [test[i][1] for i in range(3)] == [0, 1, 2]
+
+
+def test_image_folder_validation_images_go_through_the_test_transform(tmp_path):
+    _write_image_folder(tmp_path, {"train": {"a": 3, "b": 3}, "val": {"a": 1, "b": 1}})
+    options = dict(root=str(tmp_path), image_size=32, mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    train, _, val = build_datasets("imagenet", val_size=2, **options)
+    assert len(train) == 4 and not set(base_indices(train)) & set(base_indices(val))
+    transform = imagenet_transform(train=False, **{k: options[k] for k in ("image_size", "mean", "std")})
+    files = val.dataset.samples
+    for position, index in enumerate(base_indices(val)):
+        path, label = files[index]
+        assert torch.equal(val[position][0], transform(Image.open(path).convert("RGB")))
+        assert val[position][1] == label
 
 
 # --- the validation split -------------------------------------------------------------------

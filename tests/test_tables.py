@@ -138,3 +138,68 @@ def test_amp_and_m_sharpness_runs_are_not_pooled_with_the_paper_method(tmp_path)
     write_run(tmp_path / "local_single", local)
     header = run_script("scripts/tables.py", str(tmp_path)).stdout.splitlines()[2]
     assert header == "| dataset / model | SAM | SAM (amp=bf16) | SAM (ascent_fraction=0.25) |"
+
+
+def test_the_test_accuracy_at_the_best_validation_epoch_is_the_first_table(tmp_path):
+    for seed, (final, best, at_best_val) in enumerate([(88.0, 90.0, 87.0), (90.0, 91.0, 89.0)]):
+        run = {**summary("sgd", None, seed, final, best, 10.0), "test_acc_at_best_val": at_best_val}
+        write_run(tmp_path / f"sgd{seed}", run)
+    text = run_script("scripts/tables.py", str(tmp_path)).stdout
+    titles = [line for line in text.splitlines() if line.startswith("**")]
+    assert titles == [
+        "**Test accuracy at the epoch of best validation accuracy (%)**",
+        "**Final test accuracy (%)**",
+        "**Best test accuracy over epochs, selected on the test set (the authors' metric) (%)**",
+        "**Training time per epoch, relative to SGD (median over runs)**",
+    ]
+    rows = [line for line in text.splitlines() if line.startswith("| fashion_mnist")]
+    assert rows[:3] == [
+        "| fashion_mnist / compact_resnet | 88.00 ± 1.41 (n=2) |",
+        "| fashion_mnist / compact_resnet | 89.00 ± 1.41 (n=2) |",
+        "| fashion_mnist / compact_resnet | 90.50 ± 0.71 (n=2) |",
+    ]
+    run_script("scripts/plots.py", str(tmp_path), "--out", str(tmp_path / "figures"))
+
+
+def test_runs_without_a_validation_split_have_no_such_table(sweep):
+    assert "best validation" not in run_script("scripts/tables.py", str(sweep)).stdout
+
+
+def test_runs_under_other_label_noise_are_other_rows_labelled_with_it(tmp_path, sweep):
+    csv_path = tmp_path / "table.csv"
+    write_run(sweep / "noisy", {**summary("sgd", None, 0, 70.0, 75.0, 10.0), "label_noise": 0.4})
+    lines = run_script("scripts/tables.py", str(sweep), "--csv", str(csv_path)).stdout.splitlines()
+    assert (
+        "| fashion_mnist / compact_resnet, 0% noise | 89.00 ± 1.41 (n=2) | 91.00 ± 1.41 (n=2) "
+        "| 91.25 ± 0.35 (n=2) | 89.00 ± 0.00 (n=1) ⚠ |"
+    ) in lines
+    assert (
+        "| fashion_mnist / compact_resnet, 40% noise | 70.00 ± 0.00 (n=1) | missing | missing | missing |"
+        in lines
+    )
+    noisy = [row for row in csv.DictReader(csv_path.open()) if row["label_noise"] == "0.4"]
+    assert [(row["optimizer"], row["final_mean"]) for row in noisy] == [("sgd", "70.0")]
+    run_script("scripts/plots.py", str(sweep), "--out", str(tmp_path / "figures"), "--prefix", "noise")
+    assert (
+        tmp_path / "figures" / "noise_fashion_mnist_compact_resnet_noise0.4_accuracy_vs_time.png"
+    ).exists()
+
+
+def test_sam_from_and_m_sharpness_runs_get_their_own_columns(tmp_path):
+    write_run(tmp_path / "plain", {**summary("sam", None, 0, 90.0, 90.0, 20.0), "sam_from": 0.0, "m": None})
+    write_run(tmp_path / "late", {**summary("sam", None, 0, 89.0, 89.0, 15.0), "sam_from": 0.5})
+    write_run(tmp_path / "m", {**summary("sam", None, 0, 88.0, 88.0, 15.0), "m": 4})
+    header = run_script("scripts/tables.py", str(tmp_path)).stdout.splitlines()[2]
+    assert header == "| dataset / model | SAM | SAM (m=4) | SAM (sam_from=0.5) |"
+
+
+@pytest.mark.parametrize("crashed", [False, True])
+def test_a_folder_without_finished_runs_is_an_error(tmp_path, crashed):
+    if crashed:
+        write_run(tmp_path / "crashed", None)
+    result = subprocess.run(
+        [sys.executable, "scripts/tables.py", str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode != 0
+    assert f"no finished run (a run directory with summary.json) found under {tmp_path}" in result.stderr
+    assert (str(tmp_path / "crashed") in result.stderr) == crashed

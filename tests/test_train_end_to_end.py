@@ -67,6 +67,10 @@ SUMMARY_KEYS = {
     "torch_version",
     "threads",
     "device",
+    "label_noise",
+    "label_noise_seed",
+    "label_noise_changed",
+    "val_size",
 }
 
 
@@ -132,6 +136,9 @@ def test_run_directory_holds_config_metrics_summary_and_checkpoint(trained, opti
     assert summary["torch_version"] == torch.__version__
     assert summary["final_test_acc"] == rows[-1]["test_acc"]
     assert summary["best_test_acc"] == max(row["test_acc"] for row in rows)
+    # Without label noise or a validation split: nothing changed, nothing held out.
+    assert (summary["label_noise"], summary["label_noise_changed"], summary["val_size"]) == (0.0, 0.0, None)
+    assert "best_val_acc" not in summary and all("val_acc" not in row for row in rows)
     assert summary["train_time_s"] == pytest.approx(sum(row["epoch_time_s"] for row in rows))
     assert summary["step_time_s"] > 0 and summary["peak_memory_mb"] > 0
     # Percent, and well above chance (10 %) after two short epochs.

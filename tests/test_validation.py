@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from runs import train
 
+from ssam.data import missing_data_message
 from ssam.train.validate import ConfigError, validate_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         ["optimizer=ssam_f", "optimizer.num_samples=100", "dataset.train_size=100"],
         ["dataset.on_device=true"],
         ["optimizer=ssam_d", "optimizer.perturbation=local"],
+        ["dataset.label_noise=0.4", "dataset.label_noise_seed=3", "dataset.val_size=5000"],
+        ["dataset.label_noise=0", "dataset.val_size=1", "dataset.train_size=100"],
     ],
     ids=[
         "defaults",
@@ -70,6 +73,8 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         "num_samples-equal-train_size",
         "on_device",
         "local-perturbation",
+        "label-noise-and-validation",
+        "smallest-validation",
     ],
 )
 def test_valid_config_passes(fake_fashion_mnist_root, overrides):
@@ -163,6 +168,13 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["scheduler=step", "scheduler.gamma=2"], "scheduler.gamma must be in [0, 1]"),
         (["logger=wandb", "logger.mode=bogus"], "logger.mode must be one of offline, online, disabled"),
         (["dataset.on_device=maybe"], "dataset.on_device must be true or false, got 'maybe'"),
+        (["dataset.label_noise=1.0"], "dataset.label_noise must be in [0, 1), got 1.0"),
+        (["dataset.label_noise=-0.1"], "dataset.label_noise must be in [0, 1), got -0.1"),
+        (["dataset.label_noise=lots"], "dataset.label_noise must be in [0, 1), got 'lots'"),
+        (["dataset.label_noise_seed=1.5"], "dataset.label_noise_seed must be an integer, got 1.5"),
+        (["dataset.label_noise_seed=null"], "dataset.label_noise_seed must be an integer, got None"),
+        (["dataset.val_size=0"], "dataset.val_size must be an integer >= 1, got 0"),
+        (["dataset.val_size=0.1"], "dataset.val_size must be an integer >= 1, got 0.1"),
         (
             ["dataset=imagenet", "dataset.on_device=true"],
             "dataset.on_device=true works for fashion_mnist, cifar10, cifar100 (held in memory), not imagenet",
@@ -256,6 +268,28 @@ def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path
     assert not (run_dir / "metrics.jsonl").exists()
     assert not (run_dir / "last.pt").exists()
     assert elapsed < 60
+
+
+@pytest.mark.skipif(missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["dataset.val_size=60000"],
+            "dataset.val_size (60000) must leave at least 1 training example: the training split has 60000",
+        ),
+        (
+            ["dataset.val_size=10000", "dataset.train_size=50001"],
+            "dataset.val_size (10000) + dataset.train_size (50001) is larger than the training split "
+            "(60000 examples)",
+        ),
+    ],
+)
+def test_train_py_refuses_a_validation_split_too_large_with_exit_code_2(tmp_path, overrides, message):
+    result = train(tmp_path / "run", overrides)
+    assert result.returncode == 2, result.stderr
+    assert f"error: {message}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_train_py_refuses_imagenet_on_the_device_with_exit_code_2(tmp_path):
