@@ -113,7 +113,7 @@ def sam_gain_kept(row: dict, sgd: dict | None, sam: dict | None) -> float | None
     low, high = sgd["test_acc_at_best_val_mean"], sam["test_acc_at_best_val_mean"]
     if low is None or high is None or high == low:
         return None
-    return (acc - low) / (high - low)
+    return (acc - low) / (high - low) + 0.0  # + 0.0: SGD's own row reads 0.00, not -0.00
 
 
 def standard_errors_from_sam(row: dict, sam: dict | None) -> float | None:
