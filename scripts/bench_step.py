@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 from torch.utils.data import TensorDataset
@@ -123,6 +125,22 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def interleaved_times(
+    steps: dict[str, Callable[[], object]], repeats: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Seconds of each of ``steps`` per repeat, the steps taking turns within each repeat, so
+    that drifts in machine speed hit all of them alike."""
+    times = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, step in steps.items():
+            synchronize(device)
+            started = time.perf_counter()
+            step()
+            synchronize(device)
+            times[label].append(time.perf_counter() - started)
+    return times
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,7 +191,6 @@ def main() -> None:
             replica, optimizer, inputs, targets, ascent_fraction=args.ascent_fraction, precision=precision
         )
 
-    times = {label: [] for label, _, _ in entries}
     peak_mb = {}
     for label, replica, optimizer in entries:  # warm-up; builds the masks
         for _ in range(args.warmup):
@@ -187,13 +204,8 @@ def main() -> None:
             step(replica, optimizer)
             synchronize(device)
             peak_mb[label] = (torch.cuda.max_memory_allocated(device) - resident) / 2**20
-    for _ in range(args.repeats):
-        for label, replica, optimizer in entries:
-            synchronize(device)
-            started = time.perf_counter()
-            step(replica, optimizer)
-            synchronize(device)
-            times[label].append(time.perf_counter() - started)
+    steps = {label: functools.partial(step, replica, optimizer) for label, replica, optimizer in entries}
+    times = interleaved_times(steps, args.repeats, device)
 
     medians = {label: statistics.median(values) for label, values in times.items()}
     density = {label: opt.mask_density() if isinstance(opt, SSAM) else 1.0 for label, _, opt in entries}

@@ -1,17 +1,29 @@
 #!/usr/bin/env bash
-# One prepared GPU check for the fast Sparse SAM variants, under 8 minutes on one H100/H200:
-#   1. the step benchmark (scripts/bench_step.py: CIFAR ResNet-18, batch 128, SGD, SAM, SSAM-F and
-#      SSAM-D at s = 0.5, 0.9, 0.99, element-wise and tensor-granular) in fp32, then in bf16 with
-#      channels-last;
-#   2. the fast-variants accuracy table on Fashion-MNIST (all 60,000 images, ResNet-18, 3 epochs,
-#      data on the GPU): SGD, SAM, element-wise SSAM-F and tensor-granular SSAM-F (norm masked) at
-#      s = 0.5 and 0.9, seeds 0, 1, 2; the three seeds run side by side on the one GPU, to fit
-#      the time, so the table's time-per-epoch column measures shared use: the step benchmark
-#      is the speed measurement.
-# Everything lands in $RESULTS (default results/gpu_<card name>), eight files at most.
+# Prepared GPU checks, in stages named on the command line (default: steps fast_variants, the
+# check for the fast Sparse SAM variants, under 8 minutes on one H100/H200):
+#   1. steps: the step benchmark (scripts/bench_step.py: CIFAR ResNet-18, batch 128, SGD, SAM,
+#      SSAM-F and SSAM-D at s = 0.5, 0.9, 0.99, element-wise and tensor-granular) in fp32, then in
+#      bf16 with channels-last;
+#   2. fast_variants: the fast-variants accuracy table on Fashion-MNIST (all 60,000 images,
+#      ResNet-18, 3 epochs, data on the GPU): SGD, SAM, element-wise SSAM-F and tensor-granular
+#      SSAM-F (norm masked) at s = 0.5 and 0.9, seeds 0, 1, 2; the three seeds run side by side on
+#      the one GPU, to fit the time, so the table's time-per-epoch column measures shared use:
+#      the step benchmark is the speed measurement.
+#   3. frontier: the accuracy-vs-cost frontier of scripts/frontier.py at full scale: preset
+#      fmnist_noisy (40% label noise) on all 60,000 Fashion-MNIST images (500 held out for
+#      validation) and the 10,000 test images, ResNet-18, data on the GPU, bf16 autocast with
+#      channels-last; all 14 configurations, $FRONTIER_EPOCHS epochs (default 3), seeds
+#      $FRONTIER_SEEDS (default 0 1 2), 4 runs side by side; then the step costs, measured in one
+#      process on the same settings, and the report. Sized to about 10 minutes on one H100-class
+#      GPU by estimate, never run: SGD at about 3 s an epoch, the 14 configurations at about 25
+#      SGD epochs per epoch (their CPU step costs), 4 runs sharing the GPU at about twice one's
+#      throughput, about 20 s to start each run; fewer epochs or seeds if it must fit a hard limit.
+# Each stage's results land in $RESULTS (default results/gpu_<card name>), eight files at most
+# (the frontier: five, with nvidia-smi.txt six); run the frontier as a call of its own.
 #
 #   bash scripts/gpu_prepare.sh       # here first, with the network: wheels and data, git-ignored
 #   bash scripts/gpu_bench.sh         # on the GPU machine, from the repository root
+#   bash scripts/gpu_bench.sh frontier
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -26,12 +38,16 @@ CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za
 RESULTS=${RESULTS:-results/gpu_$CARD}
 mkdir -p "$RESULTS"
 nvidia-smi > "$RESULTS/nvidia-smi.txt"
+STAGES=" ${*:-steps fast_variants} "
 
+if [[ $STAGES == *" steps "* ]]; then
 BENCH=(scripts/bench_step.py --device cuda --batch-size 128 --warmup 5 --repeats 20)
 $PY "${BENCH[@]}" --json "$RESULTS/bench_step_fp32.json" | tee "$RESULTS/bench_step_fp32.md"
 $PY "${BENCH[@]}" --amp bf16 --channels-last --json "$RESULTS/bench_step_bf16.json" \
     | tee "$RESULTS/bench_step_bf16.md"
+fi
 
+if [[ $STAGES == *" fast_variants "* ]]; then
 COMMON=(experiment=fmnist_gpu experiment_name=fmnist_fast_variants_gpu epochs=3 "dataset.root=$DATA"
     dataset.on_device=true trainer.num_workers=0 trainer.progress_bar=false)
 for seed in 0 1 2; do
@@ -46,3 +62,19 @@ wait
 cat "$RESULTS"/sweep_seed*.log > "$RESULTS/sweep.log" && rm "$RESULTS"/sweep_seed*.log
 $PY scripts/tables.py outputs/sweeps/fmnist_fast_variants_gpu \
     --markdown "$RESULTS/fmnist_fast_variants_table.md" --csv "$RESULTS/fmnist_fast_variants_table.csv"
+fi
+
+if [[ $STAGES == *" frontier "* ]]; then
+FRONTIER=outputs/frontier/fmnist_noisy_gpu
+FULL_SCALE=("dataset.root=$DATA" dataset.train_size=null dataset.test_size=null model=resnet18
+    dataset.on_device=true trainer.num_workers=0 trainer.amp=bf16 trainer.channels_last=true)
+read -r -a SEEDS <<< "${FRONTIER_SEEDS:-0 1 2}"
+$PY scripts/frontier.py train --preset fmnist_noisy --seeds "${SEEDS[@]}" --jobs 4 --out "$FRONTIER" \
+    --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-3}" 2>&1 | tee "$RESULTS/frontier_sweep.log" \
+    || echo "some runs failed: the report lists them"
+$PY scripts/frontier.py bench --preset fmnist_noisy --out "$FRONTIER" --warmup 5 --repeats 20 \
+    --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-3}"
+cp "$FRONTIER/step_cost.json" "$RESULTS/"
+$PY scripts/frontier.py report --out "$FRONTIER" --csv "$RESULTS/frontier.csv" \
+    --figure "$RESULTS/frontier.png" --markdown "$RESULTS/frontier.md"
+fi

@@ -1,0 +1,408 @@
+"""The accuracy-vs-cost frontier: does Sparse SAM keep SAM's gain over SGD for less compute?
+
+    python scripts/frontier.py train --preset fmnist_noisy --seeds 0 1 2 3 4 --jobs 2 \\
+        --out outputs/frontier/fmnist_noisy
+    python scripts/frontier.py bench --preset fmnist_noisy --out outputs/frontier/fmnist_noisy
+    python scripts/frontier.py report --out outputs/frontier/fmnist_noisy --csv docs/frontier.csv \\
+        --figure docs/figures/frontier.png --markdown docs/frontier.md
+
+Every configuration of the frontier is one entry of CONFIGS (Hydra overrides on top of
+``experiment=<preset>``); ``--configs`` picks a subset, ``--set key=value ...`` adds overrides
+to every run.
+
+- ``train`` runs every (config, seed) through train.py in ``<out>/<config>/seed=<seed>``,
+  ``--jobs`` at once, each with cores / jobs torch threads; a finished run is skipped and an
+  interrupted one resumed (the trainer does both). Each run's output goes to its train.log;
+  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it.
+- ``bench`` measures each configuration's step cost relative to SGD in one process, on the
+  preset's own model, batch and data, built by the trainer's builders: the configurations take
+  turns each repeat, and the median is kept. Per step, with f the share of plain steps
+  (⌈optimizer.sam_from · T⌉ / T, as the trainer counts them),
+
+      cost = f · t_plain + (1 − f) · t_sharpness_aware + (t_first_mask + k · t_refresh) / T
+
+  where T = epochs × steps per epoch and k the mask refreshes after the first mask, both in the
+  sharpness-aware phase (Sparse SAM only). It writes ``<out>/step_cost.json``.
+- ``report`` reads the runs' summary.json, step_cost.json and sweep.json and writes the CSV,
+  the figure and a Markdown table (frontier_report.py); missing or unfinished runs are listed,
+  never dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+from bench_step import interleaved_times
+from frontier_report import report
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+from ssam.data.sampling import EpochShuffle, PerSampleSeeded
+from ssam.devices import device_name, resolve_device
+from ssam.optim import SSAM
+from ssam.train.distributed import SINGLE_PROCESS
+from ssam.train.loop import StepOptions, training_step
+from ssam.train.precision import Precision
+from ssam.train.rng import seed_everything
+from ssam.train.run import _build_optimizer, build_loaders, datasets_from_config, model_from_config
+from ssam.train.validate import validate_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+TENSOR = ("optimizer=ssam_f", "optimizer.granularity=tensor", "optimizer.norm=masked")
+
+# The frontier's configurations: name -> Hydra overrides on top of experiment=<preset>.
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "sgd": ("optimizer=sgd",),
+    "sam": ("optimizer=sam",),
+    # Element-wise masks, the paper's method.
+    "ssam_f_s0.5": ("optimizer=ssam_f", "sparsity=0.5"),
+    "ssam_f_s0.9": ("optimizer=ssam_f", "sparsity=0.9"),
+    "ssam_d_s0.5": ("optimizer=ssam_d", "sparsity=0.5"),
+    "ssam_d_s0.9": ("optimizer=ssam_d", "sparsity=0.9"),
+    "ssam_f_s0.5_masked_norm": ("optimizer=ssam_f", "sparsity=0.5", "optimizer.norm=masked"),
+    # SSAM-D that never prunes or regrows: a fixed random mask.
+    "random_mask_s0.5": ("optimizer=ssam_d", "sparsity=0.5", "optimizer.drop_rate=0"),
+    # Whole tensors, cost-aware: the ascent's backward stops early.
+    "ssam_f_tensor_s0.5": (*TENSOR, "sparsity=0.5"),
+    "ssam_f_tensor_s0.9": (*TENSOR, "sparsity=0.9"),
+    # Late-phase SAM: plain SGD steps for the first fraction of training.
+    "late_sam_0.5": ("optimizer=sam", "optimizer.sam_from=0.5"),
+    "late_sam_0.8": ("optimizer=sam", "optimizer.sam_from=0.8"),
+    "late_ssam_f_tensor_s0.5_0.8": (*TENSOR, "sparsity=0.5", "optimizer.sam_from=0.8"),
+    # m-sharpness-style ascent on a quarter of the batch.
+    "ssam_f_tensor_s0.5_af0.25": (*TENSOR, "sparsity=0.5", "optimizer.ascent_fraction=0.25"),
+}
+
+
+def run_overrides(preset: str, config: str, extra: list[str]) -> list[str]:
+    """The Hydra overrides of one configuration: the preset, the config's own, then ``extra``."""
+    return [f"experiment={preset}", *CONFIGS[config], *extra]
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The training config train.py would run with ``overrides``."""
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_dir(out: Path, config: str, seed: int) -> Path:
+    return out / config / f"seed={seed}"
+
+
+# ---------------------------------------------------------------------------------- train
+
+
+def train_overrides(preset: str, config: str, seed: int, extra: list[str]) -> list[str]:
+    """A run's overrides, as train.py records them in .hydra/overrides.yaml."""
+    return [*run_overrides(preset, config, extra), f"seed={seed}", "trainer.progress_bar=false"]
+
+
+def finished_as_asked(folder: Path, overrides: list[str]) -> bool:
+    """The run directory holds a finished run of exactly these overrides: no need to start
+    train.py (on a loaded CPU about as long as a short run) only to hear that it is finished."""
+    recorded = folder / ".hydra" / "overrides.yaml"
+    if not (folder / "summary.json").exists() or not recorded.exists():
+        return False
+    return list(OmegaConf.load(recorded)) == overrides
+
+
+def train_command(folder: Path, overrides: list[str]) -> list[str]:
+    # The path is quoted: Hydra's grammar would read the '=' of seed=<seed> otherwise.
+    return [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir='{folder}'"]
+
+
+def train(args: argparse.Namespace) -> int:
+    """Every (config, seed), ``--jobs`` at a time; returns the number of failed runs."""
+    out = Path(args.out)
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    jobs = [(config, seed) for config in args.configs for seed in args.seeds]
+
+    def launch(config: str, seed: int) -> dict:
+        folder = run_dir(out, config, seed)
+        overrides = train_overrides(args.preset, config, seed, args.set)
+        record = {"config": config, "seed": seed, "returncode": 0, "wall_s": 0.0, "skipped": True}
+        if finished_as_asked(folder, overrides):
+            return record
+        folder.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(folder / "train.log", "a") as log:
+            command = train_command(folder, overrides)
+            returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+        return {**record, "returncode": returncode, "wall_s": time.perf_counter() - started, "skipped": False}
+
+    started = time.perf_counter()
+    runs = []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = [pool.submit(launch, config, seed) for config, seed in jobs]
+        for done, future in enumerate(as_completed(futures), start=1):
+            result = future.result()
+            runs.append(result)
+            folder = run_dir(out, result["config"], result["seed"])
+            if result["returncode"] == 0:
+                summary = json.loads((folder / "summary.json").read_text())
+                status = "already finished, " if result["skipped"] else ""
+                status += f"final_test_acc {summary['final_test_acc']:.2f}"
+                if "test_acc_at_best_val" in summary:
+                    status += f", test_acc_at_best_val {summary['test_acc_at_best_val']:.2f}"
+            else:
+                status = f"FAILED (exit {result['returncode']}), see {folder / 'train.log'}"
+            print(
+                f"[{done}/{len(jobs)}] {result['config']} seed={result['seed']}: "
+                f"{result['wall_s']:.1f} s, {status}",
+                flush=True,
+            )
+    record_path = out / "sweep.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
+    record["invocations"].append(
+        {
+            "preset": args.preset,
+            "configs": args.configs,
+            "seeds": args.seeds,
+            "set": args.set,
+            "jobs": args.jobs,
+            "threads_per_run": threads,
+            "wall_s": time.perf_counter() - started,
+            "runs": sorted(runs, key=lambda run: (run["config"], run["seed"])),
+        }
+    )
+    record_path.write_text(json.dumps(record, indent=2))
+    failed = sum(run["returncode"] != 0 for run in runs)
+    print(
+        f"{len(jobs) - failed} of {len(jobs)} runs finished; wall time {record['invocations'][-1]['wall_s']:.1f} s"
+    )
+    return failed
+
+
+# ---------------------------------------------------------------------------------- bench
+
+
+def step_options_from_config(cfg: DictConfig, precision: Precision) -> StepOptions:
+    """The trainer's step options: each of StepOptions' settings the optimizer's config holds
+    (bn_stats, ascent_fraction, m, perturbation; SGD's holds none), trainer.on_nonfinite, the
+    precision. Read by field name, so that a step setting added to both stays in the benchmark."""
+    settings = {
+        field.name: cfg.optimizer[field.name] for field in fields(StepOptions) if field.name in cfg.optimizer
+    }
+    return StepOptions(**settings, on_nonfinite=cfg.trainer.on_nonfinite, precision=precision)
+
+
+class BenchedConfig:
+    """One configuration built as the trainer builds it, with its steps ready to time."""
+
+    def __init__(self, cfg: DictConfig, batches: dict) -> None:
+        validate_config(cfg)
+        self.cfg = cfg
+        device = resolve_device(cfg.device)
+        self.memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+        seed_everything(cfg.seed)
+        # The training set and its first batch, shared by every configuration with the same data.
+        key = (OmegaConf.to_yaml(cfg.dataset), cfg.batch_size, cfg.seed, str(device))
+        if key not in batches:
+            batches[key] = self._first_batch(cfg, device)
+        self.train_set, self.inputs, self.targets = batches[key]
+        seed_everything(cfg.seed)
+        model = model_from_config(cfg).to(device, memory_format=self.memory_format)
+        self.optimizer = _build_optimizer(cfg, model, self.train_set, SINGLE_PROCESS)
+        self.model = torch.compile(model) if cfg.trainer.compile else model
+        precision = Precision(cfg.trainer.amp, device)
+        self.step_options = step_options_from_config(cfg, precision)
+        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        # Late-phase SAM: the trainer's first ⌈sam_from · T⌉ steps are plain.
+        self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
+        self.plain_steps = math.ceil(self.sam_from * self.total_steps)
+        self.sparse = isinstance(self.optimizer, SSAM)
+
+    @staticmethod
+    def _first_batch(cfg: DictConfig, device: torch.device):
+        train_set, test_set, _ = datasets_from_config(cfg)
+        train_set = PerSampleSeeded(train_set, cfg.seed)
+        sampler = EpochShuffle(len(train_set), cfg.seed, batch_size=cfg.batch_size)
+        train_loader, _ = build_loaders(cfg, train_set, test_set, sampler, device)
+        inputs, targets = next(iter(train_loader))
+        return train_set, inputs.to(device), targets.to(device)
+
+    def step(self, *, sharpness_aware: bool = True) -> None:
+        inputs = self.inputs.contiguous(memory_format=self.memory_format)
+        options = self.step_options.__dict__
+        if not sharpness_aware:
+            options = {**options, "sharpness_aware": False}
+        training_step(self.model, self.optimizer, inputs, self.targets, **options)
+
+    def later_refreshes(self) -> int:
+        """Mask refreshes after the first mask, which the first sharpness-aware step builds: one
+        at each later epoch the strategy is due."""
+        strategy = self.optimizer.mask_strategy
+        start = self.plain_steps // self.steps_per_epoch
+        return sum(strategy.is_due(epoch) for epoch in range(start + 1, self.cfg.epochs))
+
+    def refresh_epoch(self) -> int:
+        """An epoch at which the mask strategy refreshes (to time one refresh)."""
+        strategy = self.optimizer.mask_strategy
+        return next(epoch for epoch in range(1, 10**6) if strategy.is_due(epoch))
+
+    def refresh(self, times: list[float]) -> None:
+        """One step that refreshes the mask; appends the refresh's own time to ``times``."""
+        before = self.optimizer.mask_update_time_s
+        self.optimizer.set_epoch(self.refresh_epoch())
+        self.step()
+        times.append(self.optimizer.mask_update_time_s - before)
+
+
+def bench(args: argparse.Namespace) -> dict:
+    """Step cost of each configuration relative to SGD; writes and returns step_cost.json."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    configs = list(dict.fromkeys(["sgd", *args.configs]))  # SGD is the unit
+    batches: dict = {}
+    benched = {
+        name: BenchedConfig(compose_config(run_overrides(args.preset, name, args.set)), batches)
+        for name in configs
+    }
+    steps, refresh_times, first_mask_s = {}, {}, {}
+    for name, entry in benched.items():
+        for _ in range(args.warmup):
+            entry.step()  # the first builds Sparse SAM's mask
+            if name not in first_mask_s and entry.sparse:
+                first_mask_s[name] = entry.optimizer.mask_update_time_s
+            if entry.plain_steps:
+                entry.step(sharpness_aware=False)
+        steps[(name, "sharpness_aware")] = entry.step
+        if entry.plain_steps:
+            steps[(name, "plain")] = lambda entry=entry: entry.step(sharpness_aware=False)
+        if entry.sparse and entry.later_refreshes() > 0:
+            refresh_times[name] = []
+            steps[(name, "refresh")] = lambda entry=entry, times=refresh_times[name]: entry.refresh(times)
+    device = resolve_device(benched["sgd"].cfg.device)
+    times = interleaved_times(steps, args.repeats, device)
+
+    results = {}
+    for name, entry in benched.items():
+        f = entry.plain_steps / entry.total_steps
+        step_s = statistics.median(times[(name, "sharpness_aware")])
+        plain_s = statistics.median(times[(name, "plain")]) if entry.plain_steps else None
+        refreshes = entry.later_refreshes() if entry.sparse else 0
+        refresh_s = statistics.median(refresh_times[name]) if refreshes else None
+        masks_per_step_s = (first_mask_s.get(name, 0.0) + refreshes * (refresh_s or 0.0)) / entry.total_steps
+        cost_s = f * (plain_s or 0.0) + (1 - f) * step_s + masks_per_step_s
+        results[name] = {
+            "overrides": run_overrides(args.preset, name, args.set),
+            "step_s": step_s,
+            "plain_step_s": plain_s,
+            "sam_from": entry.sam_from,
+            "plain_share": f,
+            "first_mask_s": first_mask_s.get(name),
+            "refresh_s": refresh_s,
+            "refreshes_after_first": refreshes,
+            "total_steps": entry.total_steps,
+            "masks_per_step_s": masks_per_step_s,
+            "cost_s": cost_s,
+            "repeats": args.repeats,
+            "runs_s": {kind: times[(label, kind)] for label, kind in times if label == name},
+            "refresh_runs_s": refresh_times.get(name),
+        }
+    for result in results.values():
+        result["ratio_vs_sgd"] = result["cost_s"] / results["sgd"]["cost_s"]
+    sgd = benched["sgd"]
+    record = {
+        "benchmark": "frontier_step_cost",
+        "preset": args.preset,
+        "set": args.set,
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "model": sgd.cfg.model.name,
+        "batch_size": sgd.cfg.batch_size,
+        "input_shape": list(sgd.inputs.shape[1:]),
+        "epochs": sgd.cfg.epochs,
+        "steps_per_epoch": sgd.steps_per_epoch,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "configs": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "step_cost.json").write_text(json.dumps(record, indent=2))
+    print(
+        f"step cost on {record['device']}, torch {record['torch']}, {record['threads']} threads, "
+        f"{record['model']}, batch {record['batch_size']}, median of {args.repeats}"
+    )
+    print("| config | step (s) | plain step (s) | masks per step (s) | cost / SGD |")
+    print("|---|---|---|---|---|")
+    for name, result in sorted(results.items(), key=lambda item: item[1]["ratio_vs_sgd"]):
+        plain = "" if result["plain_step_s"] is None else f"{result['plain_step_s']:.4f}"
+        print(
+            f"| {name} | {result['step_s']:.4f} | {plain} | {result['masks_per_step_s']:.5f} "
+            f"| {result['ratio_vs_sgd']:.3f} |"
+        )
+    return record
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def add_runs_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--preset", default="fmnist_noisy", help="configs/experiment/ preset")
+        command.add_argument(
+            "--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS), metavar="CONFIG"
+        )
+        command.add_argument(
+            "--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides for every run"
+        )
+        command.add_argument("--out", required=True, help="the frontier's folder (runs, step_cost.json)")
+
+    train_parser = commands.add_parser("train", help="train every (config, seed)")
+    add_runs_options(train_parser)
+    train_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    train_parser.add_argument(
+        "--jobs", type=int, default=1, help="runs at once (torch threads: cores / jobs)"
+    )
+    bench_parser = commands.add_parser("bench", help="step cost of every config relative to SGD")
+    add_runs_options(bench_parser)
+    bench_parser.add_argument("--warmup", type=int, default=2)
+    bench_parser.add_argument("--repeats", type=int, default=9)
+    bench_parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    report_parser = commands.add_parser("report", help="the CSV, figure and Markdown table")
+    report_parser.add_argument("--out", required=True)
+    report_parser.add_argument("--csv", default="docs/frontier.csv")
+    report_parser.add_argument("--figure", default="docs/figures/frontier.png")
+    report_parser.add_argument("--markdown", help="a file, or - (the default) for stdout")
+    args = parser.parse_args(argv)
+    if getattr(args, "jobs", 1) < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.command == "train":
+        return 1 if train(args) else 0
+    if args.command == "bench":
+        bench(args)
+    else:
+        report(Path(args.out), Path(args.csv), Path(args.figure), args.markdown, list(CONFIGS))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
