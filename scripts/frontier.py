@@ -39,7 +39,6 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -53,10 +52,16 @@ from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.optim import SSAM
 from ssam.train.distributed import SINGLE_PROCESS
-from ssam.train.loop import StepOptions, training_step
+from ssam.train.loop import training_step
 from ssam.train.precision import Precision
 from ssam.train.rng import seed_everything
-from ssam.train.run import _build_optimizer, build_loaders, datasets_from_config, model_from_config
+from ssam.train.run import (
+    _build_optimizer,
+    build_loaders,
+    datasets_from_config,
+    model_from_config,
+    step_options_from_config,
+)
 from ssam.train.validate import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,16 +193,6 @@ def train(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------- bench
-
-
-def step_options_from_config(cfg: DictConfig, precision: Precision) -> StepOptions:
-    """The trainer's step options: each of StepOptions' settings the optimizer's config holds
-    (bn_stats, ascent_fraction, m, perturbation; SGD's holds none), trainer.on_nonfinite, the
-    precision. Read by field name, so that a step setting added to both stays in the benchmark."""
-    settings = {
-        field.name: cfg.optimizer[field.name] for field in fields(StepOptions) if field.name in cfg.optimizer
-    }
-    return StepOptions(**settings, on_nonfinite=cfg.trainer.on_nonfinite, precision=precision)
 
 
 class BenchedConfig:

@@ -18,6 +18,8 @@
 #      GPU by estimate, never run: SGD at about 3 s an epoch, the 14 configurations at about 25
 #      SGD epochs per epoch (their CPU step costs), 4 runs sharing the GPU at about twice one's
 #      throughput, about 20 s to start each run; fewer epochs or seeds if it must fit a hard limit.
+#   4. memory: peak CUDA memory allocated of SGD, SAM and SSAM-F steps on CIFAR ResNet-18 at batch
+#      128 with gradient accumulation k = 1, 2, 4 (scripts/bench_memory.py; about a minute).
 # Each stage's results land in $RESULTS (default results/gpu_<card name>), eight files at most
 # (the frontier: five, with nvidia-smi.txt six); run the frontier as a call of its own.
 #
@@ -77,4 +79,9 @@ $PY scripts/frontier.py bench --preset fmnist_noisy --out "$FRONTIER" --warmup 5
 cp "$FRONTIER/step_cost.json" "$RESULTS/"
 $PY scripts/frontier.py report --out "$FRONTIER" --csv "$RESULTS/frontier.csv" \
     --figure "$RESULTS/frontier.png" --markdown "$RESULTS/frontier.md"
+fi
+
+if [[ $STAGES == *" memory "* ]]; then
+$PY scripts/bench_memory.py --device cuda --steps 3 --json "$RESULTS/bench_memory_cuda.json" \
+    | tee "$RESULTS/bench_memory_cuda.md"
 fi

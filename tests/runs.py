@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -122,3 +123,36 @@ def comparable(rows: list[dict]) -> list[dict]:
 
 def model_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(run_dir / "last.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_kill_and_resume_is_bit_identical(tmp_path: Path, overrides: list[str], kill_seed: str) -> None:
+    """A run SIGKILLed after a random number (1-14, drawn from ``kill_seed``) of its checkpoints,
+    then resumed, ends with the weights, optimizer state, masks, loss scale and metrics of the
+    same run left alone. ``overrides`` must checkpoint every step over at least 15 steps."""
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    train_ok(straight, overrides)
+    kill_after_checkpoints(interrupted, overrides, random.Random(kill_seed).randint(1, 14))
+    assert not (interrupted / "summary.json").exists(), "the kill must land before the run ends"
+    resumed = train_ok(interrupted, overrides)
+    assert "resuming" in resumed.stdout
+
+    expected = torch.load(straight / "last.pt", weights_only=True)
+    actual = torch.load(interrupted / "last.pt", weights_only=True)
+    for name, tensor in expected["model"].items():
+        assert torch.equal(actual["model"][name], tensor), name
+    if "base_optimizer" in expected["optimizer"]:
+        for mine, theirs in zip(
+            actual["optimizer"]["base_optimizer"]["state"].values(),
+            expected["optimizer"]["base_optimizer"]["state"].values(),
+        ):
+            assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
+    assert actual["precision"] == expected["precision"]
+    for mine, theirs in zip(actual["optimizer"].get("masks") or [], expected["optimizer"].get("masks") or []):
+        assert torch.equal(mine, theirs)
+    assert comparable(read_jsonl(interrupted / "metrics.jsonl")) == comparable(
+        read_jsonl(straight / "metrics.jsonl")
+    )
+    assert (
+        read_json(interrupted / "summary.json")["final_test_acc"]
+        == read_json(straight / "summary.json")["final_test_acc"]
+    )

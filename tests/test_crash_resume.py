@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import errno
 import pickle
-import random
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
-from runs import REPO, comparable, kill_after_checkpoints, read_json, read_jsonl, train, train_ok
+from runs import (
+    REPO,
+    assert_kill_and_resume_is_bit_identical,
+    kill_after_checkpoints,
+    read_jsonl,
+    train,
+    train_ok,
+)
 
 import ssam.train.checkpoint as checkpoint_module
 from ssam.data import missing_data_message
@@ -44,36 +50,7 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(optimizer, tmp_path):
-    overrides = [*TINY, *OPTIMIZERS[optimizer]]
-    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    train_ok(straight, overrides)
-    writes = random.Random(f"kill-{optimizer}").randint(1, 14)
-    kill_after_checkpoints(interrupted, overrides, writes)
-    assert not (interrupted / "summary.json").exists(), "the kill must land before the run ends"
-    resumed = train_ok(interrupted, overrides)
-    assert "resuming" in resumed.stdout
-
-    expected = torch.load(straight / "last.pt", weights_only=True)
-    actual = torch.load(interrupted / "last.pt", weights_only=True)
-    for name, tensor in expected["model"].items():
-        assert torch.equal(actual["model"][name], tensor), name
-    if optimizer != "sgd":
-        for mine, theirs in zip(
-            actual["optimizer"]["base_optimizer"]["state"].values(),
-            expected["optimizer"]["base_optimizer"]["state"].values(),
-        ):
-            assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
-    assert actual["precision"] == expected["precision"]
-    if optimizer.startswith("ssam"):
-        for mine, theirs in zip(actual["optimizer"]["masks"], expected["optimizer"]["masks"]):
-            assert torch.equal(mine, theirs)
-    assert comparable(read_jsonl(interrupted / "metrics.jsonl")) == comparable(
-        read_jsonl(straight / "metrics.jsonl")
-    )
-    assert (
-        read_json(interrupted / "summary.json")["final_test_acc"]
-        == read_json(straight / "summary.json")["final_test_acc"]
-    )
+    assert_kill_and_resume_is_bit_identical(tmp_path, [*TINY, *OPTIMIZERS[optimizer]], f"kill-{optimizer}")
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint_and_no_temporary_file(tmp_path, monkeypatch):

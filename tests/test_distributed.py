@@ -42,9 +42,16 @@ REPLICA_RUNS = {
     "ssam_f": ["optimizer=ssam_f", "optimizer.num_samples=8", "optimizer.norm=masked", "sparsity=0.9"],
     # A second epoch refreshes the mask by |g|: under local perturbation each process's own g.
     "ssam_d_local": ["optimizer=ssam_d", "optimizer.perturbation=local", "epochs=2"],
+    # Gradient accumulation: DDP all-reduces at each pass's last micro-batch only.
+    "ssam_f_accumulated": ["optimizer=ssam_f", "optimizer.num_samples=8", "trainer.accumulate_steps=3"],
 }
 # Without BatchNorm (whose batch statistics depend on how the batch is split): SAM on 2 × B.
 EQUIVALENCE_RUN = ["optimizer=sam"]
+# ... also when each process accumulates its batch over micro-batches.
+EQUIVALENCE_RUNS = {
+    "equivalence": EQUIVALENCE_RUN,
+    "equivalence_accumulated": [*EQUIVALENCE_RUN, "trainer.accumulate_steps=4"],
+}
 
 
 def batchnorm_free_model() -> nn.Module:
@@ -93,7 +100,7 @@ def train_in_process(rank: int, port: int, root: Path) -> None:
     # run() joins this group; the timeout turns a collective one process misses into an error.
     dist.init_process_group("gloo", timeout=timedelta(seconds=120))
     runs = {name: (overrides, None) for name, overrides in REPLICA_RUNS.items()}
-    runs["equivalence"] = (EQUIVALENCE_RUN, batchnorm_free_model)
+    runs.update({name: (overrides, batchnorm_free_model) for name, overrides in EQUIVALENCE_RUNS.items()})
     for name, (overrides, model) in runs.items():
         run_dir = root / (name if rank == 0 else f"{name}-rank{rank}")
         with run_objects(model) as seen:
@@ -184,15 +191,18 @@ def test_on_one_process_local_perturbation_is_global():
 # 3. Global-perturbation SAM on 2 × B is SAM on 2B.
 
 
-def test_global_sam_on_two_processes_with_batch_b_equals_one_process_with_batch_2b(two_processes, tmp_path):
+@pytest.mark.parametrize("name", list(EQUIVALENCE_RUNS))
+def test_global_sam_on_two_processes_with_batch_b_equals_one_process_with_batch_2b(
+    two_processes, tmp_path, name
+):
     with run_objects(batchnorm_free_model) as seen:
         run_module.run(config([*EQUIVALENCE_RUN, f"batch_size={PROCESSES * BATCH}"]), tmp_path / "one")
     single = report(seen)["state"]
-    parallel = reports(two_processes, "equivalence")[0]["state"]
+    parallel = reports(two_processes, name)[0]["state"]
     for key, tensor in single.items():
         torch.testing.assert_close(parallel[key], tensor, rtol=1e-5, atol=1e-6)
     one = read_jsonl(tmp_path / "one" / "metrics.jsonl")[0]
-    two = read_jsonl(two_processes / "equivalence" / "metrics.jsonl")[0]
+    two = read_jsonl(two_processes / name / "metrics.jsonl")[0]
     for key in ("lr", "train_loss", "train_acc", "test_loss", "test_acc", "perturbation_norm"):
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
 
@@ -200,7 +210,7 @@ def test_global_sam_on_two_processes_with_batch_b_equals_one_process_with_batch_
 # 4. Rank 0 alone records.
 
 
-@pytest.mark.parametrize("name", [*REPLICA_RUNS, "equivalence"])
+@pytest.mark.parametrize("name", [*REPLICA_RUNS, *EQUIVALENCE_RUNS])
 def test_only_rank_0_writes_a_run_directory(two_processes, name):
     assert not (two_processes / f"{name}-rank1").exists()
     assert {path.name for path in (two_processes / name).iterdir()} >= {

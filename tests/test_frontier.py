@@ -12,6 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ssam.train.loop import StepOptions
+from ssam.train.precision import Precision
+from ssam.train.run import step_options_from_config
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 import frontier  # noqa: E402
@@ -147,15 +151,18 @@ def test_every_configuration_composes_with_the_real_configs(config):
 
 
 def test_bench_steps_with_the_settings_of_each_configuration():
-    precision = frontier.Precision("none", torch.device("cpu"))
-    sgd = frontier.step_options_from_config(frontier.compose_config(["optimizer=sgd"]), precision)
-    assert sgd == frontier.StepOptions(precision=precision)
+    """The bench builds each configuration's step options as the trainer does."""
+    precision = Precision("none", torch.device("cpu"))
+    sgd = step_options_from_config(frontier.compose_config(["optimizer=sgd"]), precision)
+    assert sgd == StepOptions(precision=precision)
     overrides = frontier.run_overrides(
-        PRESET, "ssam_f_tensor_s0.5_af0.25", ["optimizer.m=4", "trainer.on_nonfinite=skip"]
+        PRESET,
+        "ssam_f_tensor_s0.5_af0.25",
+        ["optimizer.m=4", "trainer.on_nonfinite=skip", "trainer.accumulate_steps=2"],
     )
-    options = frontier.step_options_from_config(frontier.compose_config(overrides), precision)
+    options = step_options_from_config(frontier.compose_config(overrides), precision)
     assert (options.ascent_fraction, options.m, options.on_nonfinite) == (0.25, 4, "skip")
-    assert (options.bn_stats, options.perturbation) == ("ascent", "global")
+    assert (options.bn_stats, options.perturbation, options.accumulate_steps) == ("ascent", "global", 2)
 
 
 @pytest.fixture

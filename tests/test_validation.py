@@ -62,6 +62,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         ["optimizer=ssam_d", "optimizer.perturbation=local"],
         ["dataset.label_noise=0.4", "dataset.label_noise_seed=3", "dataset.val_size=5000"],
         ["dataset.label_noise=0", "dataset.val_size=1", "dataset.train_size=100"],
+        ["optimizer=ssam_f", "batch_size=10", "trainer.accumulate_steps=10"],
     ],
     ids=[
         "defaults",
@@ -75,6 +76,7 @@ def _config(root: Path, overrides: list[str]) -> DictConfig:
         "local-perturbation",
         "label-noise-and-validation",
         "smallest-validation",
+        "one-example-micro-batches",
     ],
 )
 def test_valid_config_passes(fake_fashion_mnist_root, overrides):
@@ -173,6 +175,12 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["dataset.label_noise=lots"], "dataset.label_noise must be in [0, 1), got 'lots'"),
         (["dataset.label_noise_seed=1.5"], "dataset.label_noise_seed must be an integer, got 1.5"),
         (["dataset.label_noise_seed=null"], "dataset.label_noise_seed must be an integer, got None"),
+        (["trainer.accumulate_steps=0"], "trainer.accumulate_steps must be an integer >= 1, got 0"),
+        (["trainer.accumulate_steps=2.5"], "trainer.accumulate_steps must be an integer >= 1, got 2.5"),
+        (
+            ["batch_size=8", "trainer.accumulate_steps=9"],
+            "trainer.accumulate_steps (9) must be at most batch_size (8): each micro-batch needs an example",
+        ),
         (["dataset.val_size=0"], "dataset.val_size must be an integer >= 1, got 0"),
         (["dataset.val_size=0.1"], "dataset.val_size must be an integer >= 1, got 0.1"),
         (

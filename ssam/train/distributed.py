@@ -70,6 +70,12 @@ class Replicas:
         be inside too, or DDP would still expect a synchronised backward."""
         return nullcontext() if self.world_size == 1 else model.no_sync()
 
+    def accumulating(self, model: torch.nn.Module, *, last: bool) -> AbstractContextManager:
+        """Around one micro-batch's forward and backward under gradient accumulation: DDP
+        all-reduces the summed gradient at the ``last`` one only (``no_sync`` around the others,
+        their forwards included, so that DDP expects no synchronised backward)."""
+        return nullcontext() if self.world_size == 1 or last else model.no_sync()
+
     def average_gradients(self, params: list[torch.Tensor]) -> None:
         """Replace each gradient by its mean over the processes, in one all-reduce of the tensors
         that have one: for Sparse SAM only those its mask perturbs travel."""

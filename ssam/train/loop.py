@@ -66,38 +66,85 @@ def ascent_batch_size(batch_size: int, ascent_fraction: float) -> int:
     return max(1, math.ceil(ascent_fraction * batch_size))
 
 
+def micro_batches(inputs: torch.Tensor, targets: torch.Tensor, count: int):
+    """The batch in ``count`` consecutive micro-batches (fewer when it has fewer examples), their
+    sizes differing by at most one; yields each with its share of the batch's examples and
+    whether it is the last. Weighting each micro-batch's mean loss by its share makes the summed
+    gradient the whole batch's mean-loss gradient, whether or not ``count`` divides the batch."""
+    count = min(count, len(targets))
+    if count == 1:
+        yield inputs, targets, 1.0, True
+        return
+    size = len(targets)
+    pieces = zip(inputs.tensor_split(count), targets.tensor_split(count))
+    for index, (micro_inputs, micro_targets) in enumerate(pieces):
+        yield micro_inputs, micro_targets, len(micro_targets) / size, index == count - 1
+
+
 @dataclass
 class _Passes:
-    """The forward-backward passes of one step, each checked for non-finite values."""
+    """The forward-backward passes of one step, each checked for non-finite values, each run
+    over ``accumulate_steps`` micro-batches whose gradients add up in ``.grad``."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     precision: Precision
     replicas: Replicas
+    accumulate_steps: int = 1
 
     @property
     def params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
 
-    def backward(self, loss: torch.Tensor, backward: Callable[[torch.Tensor], None], pass_name: str) -> None:
-        """Back-propagate ``loss`` (scaled under fp16, gradients unscaled after) and check it."""
+    def forward_backward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        backward: Callable[[torch.Tensor], None],
+        *,
+        freeze_stats: bool,
+        weight: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the gradient of ``weight`` × the batch's mean loss to ``.grad``, micro-batch by
+        micro-batch (scaled under fp16, not yet unscaled); returns the mean loss (detached) and
+        the number of correct predictions. BatchNorm statistics, unless frozen, are updated by
+        every micro-batch, as in any gradient accumulation."""
         scale = self.precision.loss_scale
-        backward(loss if scale is None else scale.scaled(loss))
-        if scale is not None:
-            scale.unscale_(self.params)
+        losses, correct = [], []
+        for micro_inputs, micro_targets, share, last in micro_batches(inputs, targets, self.accumulate_steps):
+            with self.replicas.accumulating(self.model, last=last):
+                with (
+                    frozen_batchnorm_stats(self.model) if freeze_stats else nullcontext(),
+                    self.precision.autocast(),
+                ):
+                    logits = self.model(micro_inputs)
+                    loss = F.cross_entropy(logits, micro_targets)
+                factor = weight * share
+                weighted = loss * factor if factor != 1.0 else loss
+                backward(weighted if scale is None else scale.scaled(weighted))
+            losses.append(loss.detach() * share if share != 1.0 else loss.detach())
+            correct.append((logits.argmax(dim=1) == micro_targets).sum())
+        if len(losses) == 1:
+            return losses[0], correct[0]
+        return torch.stack(losses).sum(), torch.stack(correct).sum()
+
+    def check(self, loss: torch.Tensor, pass_name: str) -> None:
+        """Unscale the pass's gradient under fp16 and check it and the loss: a non-finite value in
+        any micro-batch makes the sum non-finite, and abandons the step."""
+        if self.precision.loss_scale is not None:
+            self.precision.loss_scale.unscale_(self.params)
         if not self.replicas.all_true(_finite_check(loss, self.model)):
             raise _PassFailed(pass_name, loss)
 
     def plain(self, inputs: torch.Tensor, targets: torch.Tensor, freeze_stats: bool) -> StepResult:
         """One forward-backward at w and the base optimizer's step: an SGD step."""
-        with frozen_batchnorm_stats(self.model) if freeze_stats else nullcontext(), self.precision.autocast():
-            logits = self.model(inputs)
-            loss = F.cross_entropy(logits, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        correct = (logits.argmax(dim=1) == targets).sum()
-        self.backward(loss, torch.Tensor.backward, "training")
+        loss, correct = self.forward_backward(
+            inputs, targets, torch.Tensor.backward, freeze_stats=freeze_stats
+        )
+        self.check(loss, "training")
         getattr(self.optimizer, "base_optimizer", self.optimizer).step()
-        return StepResult(loss.detach(), correct, len(targets))
+        return StepResult(loss, correct, len(targets))
 
     def ascent(
         self, inputs: torch.Tensor, targets: torch.Tensor, *, bn_stats: str, perturbation: str
@@ -107,38 +154,29 @@ class _Passes:
 
         It runs outside DDP's reducer; with ``perturbation="global"`` its gradients are then
         averaged by hand, so every process climbs the same ε, with ``"local"`` each climbs along
-        its own batch's gradient."""
+        its own batch's gradient. Under accumulation the gradient of every micro-batch is summed
+        first, and the climb is taken once, from the whole batch's gradient."""
         optimizer = self.optimizer
-        with self.replicas.ascent_pass(self.model):
-            with (
-                optimizer.ascent_graph(),
-                frozen_batchnorm_stats(self.model) if bn_stats == "descent" else nullcontext(),
-                self.precision.autocast(),
-            ):
-                logits = self.model(inputs)
-                loss = F.cross_entropy(logits, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scale = self.precision.loss_scale
-            optimizer.ascent_backward(loss if scale is None else scale.scaled(loss))
+        optimizer.zero_grad(set_to_none=True)
+        with self.replicas.ascent_pass(self.model), optimizer.ascent_graph():
+            loss, correct = self.forward_backward(
+                inputs, targets, optimizer.ascent_backward, freeze_stats=bn_stats == "descent"
+            )
         if perturbation == "global":
             self.replicas.average_gradients(self.params)
-        if scale is not None:
-            scale.unscale_(self.params)
-        correct = (logits.argmax(dim=1) == targets).sum()
         # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
-        if not self.replicas.all_true(_finite_check(loss, self.model)):
-            raise _PassFailed("ascent", loss)
+        self.check(loss, "ascent")
         optimizer.first_step(zero_grad=True)
-        return loss.detach(), correct
+        return loss, correct
 
     def descent(
         self, inputs: torch.Tensor, targets: torch.Tensor, *, bn_stats: str, weight: float = 1.0
     ) -> None:
         """The descent gradient at w + ε into ``.grad``, of the loss times ``weight``."""
-        with frozen_batchnorm_stats(self.model) if bn_stats == "ascent" else nullcontext():
-            with self.precision.autocast():
-                loss = F.cross_entropy(self.model(inputs), targets)
-            self.backward(loss * weight if weight != 1.0 else loss, torch.Tensor.backward, "descent")
+        loss, _ = self.forward_backward(
+            inputs, targets, torch.Tensor.backward, freeze_stats=bn_stats == "ascent", weight=weight
+        )
+        self.check(loss, "descent")
 
     def sharpness_aware(
         self,
@@ -209,6 +247,7 @@ def training_step(
     precision: Precision = FLOAT32,
     perturbation: str = "global",
     replicas: Replicas = SINGLE_PROCESS,
+    accumulate_steps: int = 1,
     sharpness_aware: bool = True,
 ) -> StepResult:
     """One optimizer step; returns the loss and the number of correct predictions at w.
@@ -220,6 +259,9 @@ def training_step(
     one ε for the whole batch; the loss and accuracy returned are then that part's.
     ``m`` (m-sharpness, Foret et al., Sec. 4) gives each shard of m examples its own ε
     (see ``_Passes.per_shard``).
+    ``accumulate_steps`` = k splits every pass into k micro-batches (see ``micro_batches``) whose
+    gradients add up before the pass's gradient is used: the ascent's before the one climb, the
+    descent's before the step. The step is then the whole batch's, with the memory of B/k.
     ``bn_stats`` says which pass updates the BatchNorm running statistics (``ascent``, the
     default, or ``descent``; ``both`` lets both do, which the method's spec advises against).
     A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
@@ -227,15 +269,20 @@ def training_step(
     a finite loss with an overflowing gradient skips the step and halves the loss scale.
 
     Data-parallel (``replicas`` of a model under DDP): the descent pass is plain DDP, its gradient
-    averaged by DDP; the ascent pass runs outside DDP's reducer (see ``_Passes.ascent``).
-    The processes agree on every skip, so that they take the same passes.
+    averaged by DDP (under accumulation, at its last micro-batch only); the ascent pass runs
+    outside DDP's reducer (see ``_Passes.ascent``). The processes agree on every skip, so that
+    they take the same passes.
     """
     sharpness_aware = sharpness_aware and isinstance(optimizer, SAM)
     loss_scale = precision.loss_scale
     saved_stats = (
         [b.clone() for b in _batchnorm_buffers(model)] if on_nonfinite == "skip" or loss_scale else None
     )
-    passes = _Passes(model, optimizer, precision, replicas)
+    if isinstance(accumulate_steps, bool) or not (
+        isinstance(accumulate_steps, int) and accumulate_steps >= 1
+    ):
+        raise ValueError(f"accumulate_steps must be an integer >= 1, got {accumulate_steps!r}")
+    passes = _Passes(model, optimizer, precision, replicas, accumulate_steps)
     try:
         if not sharpness_aware:
             result = passes.plain(
@@ -351,6 +398,7 @@ class StepOptions:
     precision: Precision = FLOAT32
     perturbation: str = "global"
     replicas: Replicas = SINGLE_PROCESS
+    accumulate_steps: int = 1
 
 
 def train_one_epoch(

@@ -10,6 +10,7 @@ import math
 import resource
 import statistics
 from contextlib import ExitStack
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from ssam.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from ssam.train.distributed import MasksFromMain, Replicas, join_processes
+from ssam.train.distributed import SINGLE_PROCESS, MasksFromMain, Replicas, join_processes
 from ssam.train.loop import EpochProgress, NonFiniteError, StepOptions, evaluate, train_one_epoch
 from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
@@ -45,7 +46,7 @@ from ssam.train.wandb_sink import WandbSink
 # Settings that may change between a run and its resumption: they do not change the numbers.
 RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name")
 # The trainer settings that do change them (other kernels, other rounding).
-NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile", "sync_batchnorm")
+NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile", "sync_batchnorm", "accumulate_steps")
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -185,6 +186,24 @@ def _build_optimizer(
         mask_strategy=strategy,
         **sharpness,
         **sparse,
+    )
+
+
+def step_options_from_config(
+    cfg: DictConfig, precision: Precision, replicas: Replicas = SINGLE_PROCESS
+) -> StepOptions:
+    """How the trainer runs each step: every StepOptions setting the optimizer's config holds
+    (bn_stats, ascent_fraction, m, perturbation; SGD's holds none), read by field name so that a
+    step setting added to both reaches every caller, and the trainer's own."""
+    settings = {
+        field.name: cfg.optimizer[field.name] for field in fields(StepOptions) if field.name in cfg.optimizer
+    }
+    return StepOptions(
+        **settings,
+        on_nonfinite=cfg.trainer.on_nonfinite,
+        accumulate_steps=cfg.trainer.accumulate_steps,
+        precision=precision,
+        replicas=replicas,
     )
 
 
@@ -488,15 +507,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
             if replicas.is_main:
                 _checkpoint(checkpoint_path, state(progress))
 
-    step_options = StepOptions(
-        bn_stats=cfg.optimizer.get("bn_stats", "ascent"),
-        on_nonfinite=cfg.trainer.on_nonfinite,
-        ascent_fraction=cfg.optimizer.get("ascent_fraction", 1.0),
-        m=cfg.optimizer.get("m"),
-        precision=precision,
-        perturbation=cfg.optimizer.get("perturbation", "global"),
-        replicas=replicas,
-    )
+    step_options = step_options_from_config(cfg, precision, replicas)
     # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
     sharpness_aware_from = math.ceil(cfg.optimizer.get("sam_from", 0.0) * cfg.epochs * steps_per_epoch)
     track_every = cfg.trainer.track_sharpness_every
@@ -607,6 +618,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
         "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
         "amp": cfg.trainer.amp,
+        "accumulate_steps": cfg.trainer.accumulate_steps,
         "seed": cfg.seed,
         "train_time_s": history["train_time_s"],
         "step_time_s": statistics.median(history["step_times_s"]),

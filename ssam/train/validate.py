@@ -91,6 +91,12 @@ def validate_config(cfg: DictConfig) -> None:
     every_steps = cfg.trainer.checkpoint_every_steps
     if not (_is_int(every_steps) and every_steps >= 0):
         raise ConfigError(f"trainer.checkpoint_every_steps must be an integer >= 0, got {every_steps!r}")
+    _positive_int("trainer.accumulate_steps", cfg.trainer.accumulate_steps)
+    if cfg.trainer.accumulate_steps > cfg.batch_size:
+        raise ConfigError(
+            f"trainer.accumulate_steps ({cfg.trainer.accumulate_steps}) must be at most batch_size "
+            f"({cfg.batch_size}): each micro-batch needs an example"
+        )
     _one_of("trainer.on_nonfinite", cfg.trainer.on_nonfinite, ON_NONFINITE)
     _one_of("trainer.amp", cfg.trainer.amp, AMP)
     _boolean("trainer.channels_last", cfg.trainer.channels_last)
