@@ -263,7 +263,7 @@ def training_step(
     gradients add up before the pass's gradient is used: the ascent's before the one climb, the
     descent's before the step. The step is then the whole batch's, with the memory of B/k.
     ``bn_stats`` says which pass updates the BatchNorm running statistics (``ascent``, the
-    default, or ``descent``; ``both`` lets both do, which the method's spec advises against).
+    default, or ``descent``; ``both`` lets both do, counting each batch twice: not advised).
     A non-finite loss or gradient leaves the weights and BatchNorm statistics as they were and
     raises NonFiniteError (``on_nonfinite="stop"``) or skips the step (``"skip"``). Under fp16
     a finite loss with an overflowing gradient skips the step and halves the loss scale.
