@@ -27,7 +27,7 @@ from hydra import compose, initialize_config_dir
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name
-from ssam.train.run import build_loaders, datasets_from_config
+from ssam.train.builders import build_loaders, datasets_from_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 LOADERS = {"cpu_dataloader": "false", "on_device": "true"}  # label: dataset.on_device

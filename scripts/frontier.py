@@ -51,17 +51,17 @@ import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.optim import SSAM
+from ssam.train.builders import (
+    build_loaders,
+    datasets_from_config,
+    model_from_config,
+    optimizer_from_config,
+    step_options_from_config,
+)
 from ssam.train.distributed import SINGLE_PROCESS
 from ssam.train.loop import training_step
 from ssam.train.precision import Precision
 from ssam.train.rng import seed_everything
-from ssam.train.run import (
-    _build_optimizer,
-    build_loaders,
-    datasets_from_config,
-    model_from_config,
-    step_options_from_config,
-)
 from ssam.train.validate import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,7 +211,7 @@ class BenchedConfig:
         self.train_set, self.inputs, self.targets = batches[key]
         seed_everything(cfg.seed)
         model = model_from_config(cfg).to(device, memory_format=self.memory_format)
-        self.optimizer = _build_optimizer(cfg, model, self.train_set, SINGLE_PROCESS)
+        self.optimizer = optimizer_from_config(cfg, model, self.train_set, SINGLE_PROCESS)
         self.model = torch.compile(model) if cfg.trainer.compile else model
         precision = Precision(cfg.trainer.amp, device)
         self.step_options = step_options_from_config(cfg, precision)

@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from runs import REPO, comparable, kill_after_checkpoints, read_json, read_jsonl, train, train_ok
 from torch import nn
 
+import ssam.train.builders as builders_module
 import ssam.train.run as run_module
 from ssam.data import missing_data_message
 from ssam.data.sampling import EpochShuffle
@@ -76,9 +77,9 @@ def run_objects(model=None):
         return seen["optimizer"]
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(run_module, "build_optimizer", recorded))
+        stack.enter_context(mock.patch.object(builders_module, "build_optimizer", recorded))
         if model is not None:
-            stack.enter_context(mock.patch.object(run_module, "build_model", lambda *_, **__: model()))
+            stack.enter_context(mock.patch.object(builders_module, "build_model", lambda *_, **__: model()))
         yield seen
 
 

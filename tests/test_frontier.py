@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ssam.train.builders import step_options_from_config
 from ssam.train.loop import StepOptions
 from ssam.train.precision import Precision
-from ssam.train.run import step_options_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
