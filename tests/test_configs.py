@@ -17,7 +17,7 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 
 GROUPS = {
     "dataset": ["fashion_mnist", "cifar10", "cifar100", "imagenet"],
-    "model": ["compact_resnet", "resnet18", "wrn28_10", "resnet50", "vit_small", "vgg11_bn"],
+    "model": ["compact_resnet", "resnet18", "wrn28_10", "resnet50", "vit_small", "vgg11_bn", "timm"],
     "optimizer": ["sgd", "sam", "ssam_f", "ssam_d"],
     "scheduler": ["cosine", "step", "constant"],
     "logger": ["console", "wandb"],
@@ -132,6 +132,7 @@ MODEL_CASES = [
     ("vit_small", "cifar10", 32, 10),
     ("vgg11_bn", "cifar10", 32, 10),
     ("vgg11_bn", "fashion_mnist", 28, 10),
+    ("timm", "fashion_mnist", 28, 10),
 ]
 
 
@@ -179,3 +180,32 @@ def test_vit_small_patch_size_option_sets_the_token_count():
 def test_unknown_model_name_raises_value_error_listing_the_models():
     with pytest.raises(ValueError, match="model must be one of compact_resnet, resnet18"):
         build_model("resnet1000", num_classes=10, in_channels=3, image_size=32)
+
+
+@pytest.mark.parametrize(
+    "arch, dataset, size, channels",
+    [
+        ("resnet10t", "fashion_mnist", 28, 1),
+        ("convnext_atto", "cifar10", 32, 3),
+        ("vit_tiny_patch16_224", "cifar10", 32, 3),
+    ],
+)
+def test_any_timm_architecture_builds_for_the_run_s_images(arch, dataset, size, channels):
+    """num_classes and in_chans always, img_size where the architecture takes one (the ViT)."""
+    cfg = compose_train_config(["model=timm", f"model.arch={arch}", f"dataset={dataset}"])
+    net = _build_from_config(cfg, size).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, channels, size, size)).shape == (2, 10)
+
+
+def test_vit_small_is_a_preset_of_the_timm_model():
+    cfg = compose_train_config(["model=vit_small"])
+    assert (cfg.model.name, cfg.model.arch, cfg.model.patch_size) == ("vit_small", "vit_small_patch16_224", 4)
+
+
+def test_an_unknown_timm_architecture_is_refused_with_the_closest_names():
+    with pytest.raises(
+        ValueError,
+        match=r"model.arch must be one of timm.list_models\(\) .*got 'resnet10x'; the closest: .*resnet10t",
+    ):
+        build_model("timm", arch="resnet10x", num_classes=10, in_channels=1, image_size=28)

@@ -465,3 +465,32 @@ def test_tensor_granularity_with_the_full_norm_says_it_saves_no_time(tmp_path):
     ]
     result = train_ok(tmp_path / "run", overrides)
     assert "granularity=tensor saves no time; optimizer.norm=masked does" in result.stdout
+
+
+def test_any_timm_model_trains_end_to_end(tmp_path):
+    run_dir = tmp_path / "timm"
+    overrides = [
+        "dataset.train_size=256",
+        "dataset.test_size=128",
+        "epochs=1",
+        "batch_size=64",
+        # Not SSAM-F: resnet10t brings 28×28 images down to 1×1, where its last BatchNorm
+        # cannot take the Fisher pass's single examples (the run says so and stops).
+        "optimizer=ssam_d",
+        "model=timm",
+        "model.arch=resnet10t",
+    ]
+    train_ok(run_dir, overrides)
+    summary = read_json(run_dir / "summary.json")
+    assert (summary["model"], summary["model_arch"]) == ("timm", "resnet10t")
+    assert summary["final_test_acc"] > 0
+    [row] = read_jsonl(run_dir / "metrics.jsonl")
+    assert row["train_loss"] == row["train_loss"]  # not NaN
+
+
+def test_an_unknown_timm_architecture_exits_2_naming_the_closest(tmp_path):
+    result = train(tmp_path / "run", ["model=timm", "model.arch=resnet10x"])
+    assert result.returncode == 2
+    assert "model.arch must be one of timm.list_models()" in result.stderr
+    assert "resnet10t" in result.stderr
+    assert "Traceback" not in result.stderr

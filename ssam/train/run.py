@@ -468,6 +468,7 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         "optimizer": cfg.optimizer.name,
         "dataset": cfg.dataset.name,
         "model": cfg.model.name,
+        "model_arch": cfg.model.get("arch"),  # timm models: the architecture
         "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
         "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
         "amp": cfg.trainer.amp,

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 
 from ssam.data import DATASETS, IN_MEMORY_DATASETS, missing_data_message
 from ssam.devices import resolve_device
-from ssam.models import MODELS
+from ssam.models import MODELS, TIMM_MODELS
+from ssam.models.timm_models import unknown_architecture_message
 from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import NORMS
@@ -64,6 +65,10 @@ def validate_config(cfg: DictConfig) -> None:
     optimizer = cfg.optimizer
     _one_of("optimizer", optimizer.name, OPTIMIZERS)
     _one_of("model", cfg.model.name, MODELS)
+    if cfg.model.name in TIMM_MODELS:
+        message = unknown_architecture_message(cfg.model.arch)
+        if message is not None:
+            raise ConfigError(message)
     _one_of("dataset", cfg.dataset.name, DATASETS)
     _one_of("scheduler", cfg.scheduler.name, SCHEDULERS)
     _one_of("device", cfg.device, DEVICES)
