@@ -10,6 +10,7 @@ import math
 import resource
 import statistics
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -233,11 +234,35 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         return _train(cfg, run_dir, replicas)
 
 
-def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]:
-    checkpoint_path = run_dir / "last.pt"
+@dataclass
+class _Parts:
+    """What a run trains and evaluates, built from its config."""
+
+    train_set: PerSampleSeeded
+    sampler: EpochShuffle
+    model: torch.nn.Module  # the plain module: checkpoints and the Fisher pass use it
+    forward_model: torch.nn.Module  # what training runs: under DDP when data-parallel, compiled if asked
+    evaluation_model: torch.nn.Module  # outside DDP, compiled if asked
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: Precision
+    train_loader: Any
+    test_loader: Any
+    val_loader: Any
+    steps_per_epoch: int
+    memory_format: torch.memory_format
+    label_noise_changed: float
+
+    @property
+    def sparse(self) -> bool:
+        return isinstance(self.optimizer, SSAM)
+
+
+def _build_parts(cfg: DictConfig, replicas: Replicas) -> _Parts:
+    """The data, model, optimizer, loaders and schedule, in a fixed order from the run's seed, so
+    that a resumed run rebuilds the same objects before loading its checkpoint into them."""
     device = replicas.device
     seed_everything(cfg.seed)
-
     try:
         train_set, test_set, val_set = datasets_from_config(cfg)
     except DataError:
@@ -258,10 +283,8 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     model = model_from_config(cfg).to(device, memory_format=memory_format)
     if cfg.trainer.sync_batchnorm and replicas.world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    # Training runs the replica (DDP when data-parallel) and evaluation the module, compiled if
-    # asked; checkpoints and the Fisher pass use the plain module, whose state_dict keys stay
-    # those of the model. Evaluation stays outside DDP: the processes' shares of the test set can
-    # differ in size, so nothing in it may wait on the others.
+    # Evaluation stays outside DDP: the processes' shares of the test set can differ in size, so
+    # nothing in it may wait on the others.
     compiled = torch.compile if cfg.trainer.compile else (lambda module: module)
     training_model = replicas.wrap(model)
     if replicas.world_size > 1:
@@ -287,130 +310,164 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         total_steps=cfg.epochs * steps_per_epoch,
         **scheduler_settings,
     )
-
-    metrics = JsonLines(run_dir / "metrics.jsonl")
-    mask_log = JsonLines(run_dir / "masks.jsonl")
-    sparse = isinstance(optimizer, SSAM)
-    history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
-    epoch_progress = None
-    checkpoint = replicas.on_main(
-        lambda: load_checkpoint(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
+    return _Parts(
+        train_set,
+        sampler,
+        model,
+        forward_model,
+        evaluation_model,
+        optimizer,
+        scheduler,
+        precision,
+        train_loader,
+        test_loader,
+        val_loader,
+        steps_per_epoch,
+        memory_format,
+        label_noise_changed,
     )
-    if checkpoint is not None:
-        history, epoch_progress = _resume(
-            cfg, checkpoint, run_dir, model, optimizer, scheduler, precision, replicas, steps_per_epoch
-        )
-    summary_path = run_dir / "summary.json"
-    if history["epoch"] >= cfg.epochs:
-        # Finished: its summary stands as written (this process measured nothing).
-        summary = replicas.on_main(lambda: read_json(summary_path) if summary_path.exists() else None)
-        if summary is not None:
-            print(format_table(summary))
-            return summary
-    if replicas.is_main:
-        metrics.keep(lambda record: record["epoch"] < history["epoch"])
-        mask_log.keep(lambda record: sparse and record["update"] <= optimizer.mask_updates)
 
-    sink = None
-    if cfg.logger.name == "wandb" and replicas.is_main:
-        sink = WandbSink(
-            run_dir=run_dir,
-            config=OmegaConf.to_container(cfg, resolve=True),
-            project=cfg.logger.project,
-            mode=cfg.logger.mode,
-            entity=cfg.logger.entity,
-            group=cfg.logger.group or setting_name(cfg),
-            tags=[*cfg.logger.tags, *setting_tags(cfg)],
-        )
 
-    def state(epoch_progress: EpochProgress | None) -> dict[str, Any]:
+class _Training:
+    """The epochs of a run from its parts, with their records (metrics.jsonl, masks.jsonl, wandb)
+    and checkpoints; rank 0 alone writes. ``history`` is the run so far, ``progress`` the totals of
+    an interrupted epoch (None at an epoch boundary)."""
+
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        parts: _Parts,
+        replicas: Replicas,
+        history: dict[str, Any],
+        progress: EpochProgress | None,
+    ) -> None:
+        self.cfg, self.parts, self.replicas = cfg, parts, replicas
+        self.history, self.progress = history, progress
+        self.run_dir = run_dir
+        self.checkpoint_path = run_dir / "last.pt"
+        self.metrics = JsonLines(run_dir / "metrics.jsonl")
+        self.mask_log = JsonLines(run_dir / "masks.jsonl")
+        optimizer = parts.optimizer
+        self.logged_mask_updates = optimizer.mask_updates if parts.sparse else 0
+        if replicas.is_main:
+            self.metrics.keep(lambda record: record["epoch"] < history["epoch"])
+            self.mask_log.keep(lambda record: parts.sparse and record["update"] <= optimizer.mask_updates)
+        self.sink = None
+        if cfg.logger.name == "wandb" and replicas.is_main:
+            self.sink = WandbSink(
+                run_dir=run_dir,
+                config=OmegaConf.to_container(cfg, resolve=True),
+                project=cfg.logger.project,
+                mode=cfg.logger.mode,
+                entity=cfg.logger.entity,
+                group=cfg.logger.group or setting_name(cfg),
+                tags=[*cfg.logger.tags, *setting_tags(cfg)],
+            )
+        self.step_options = step_options_from_config(cfg, parts.precision, replicas)
+        # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
+        total_steps = cfg.epochs * parts.steps_per_epoch
+        self.sharpness_aware_from = math.ceil(cfg.optimizer.get("sam_from", 0.0) * total_steps)
+        self.track_every = cfg.trainer.track_sharpness_every
+        # Made before the first epoch: see its docstring.
+        self.tracker = SharpnessTracker(parts.train_set) if self.track_every else None
+
+    def state(self, progress: EpochProgress | None) -> dict[str, Any]:
+        parts = self.parts
         return {
             "format": CHECKPOINT_FORMAT,
-            "identity": _identity(cfg),
-            "world_size": replicas.world_size,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "precision": precision.state_dict(),
+            "identity": _identity(self.cfg),
+            "world_size": self.replicas.world_size,
+            "model": parts.model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "precision": parts.precision.state_dict(),
             "rng": rng_state(),
-            "history": history,
-            "epoch_progress": None if epoch_progress is None else epoch_progress.state_dict(),
+            "history": self.history,
+            "epoch_progress": None if progress is None else progress.state_dict(),
         }
 
-    every_steps = cfg.trainer.checkpoint_every_steps
-    logged_mask_updates = optimizer.mask_updates if sparse else 0
-
-    def after_step(progress: EpochProgress) -> None:
-        nonlocal logged_mask_updates
-        if sparse and optimizer.mask_updates > logged_mask_updates and replicas.is_main:
-            logged_mask_updates = optimizer.mask_updates
-            mask_log.append(
+    def after_step(self, progress: EpochProgress) -> None:
+        """Log a mask refresh, and checkpoint every trainer.checkpoint_every_steps steps."""
+        parts, replicas = self.parts, self.replicas
+        optimizer = parts.optimizer
+        if parts.sparse and optimizer.mask_updates > self.logged_mask_updates and replicas.is_main:
+            self.logged_mask_updates = optimizer.mask_updates
+            self.mask_log.append(
                 {
-                    "epoch": history["epoch"],
+                    "epoch": self.history["epoch"],
                     "update": optimizer.mask_updates,
                     "mask_density": optimizer.mask_density(),
                     "overlap_with_previous": optimizer.last_mask_overlap,
-                    "layers": _layer_densities(model, optimizer),
+                    "layers": _layer_densities(parts.model, optimizer),
                 }
             )
-        if every_steps and progress.step % every_steps == 0 and progress.step < steps_per_epoch:
+        every_steps = self.cfg.trainer.checkpoint_every_steps
+        if every_steps and progress.step % every_steps == 0 and progress.step < parts.steps_per_epoch:
             # Every process takes the collective steps; then rank 0 writes.
-            replicas.average_batchnorm_statistics(model)
+            replicas.average_batchnorm_statistics(parts.model)
             progress.add_up(replicas, onto_main_only=True)
             if replicas.is_main:
-                _checkpoint(checkpoint_path, state(progress))
+                _checkpoint(self.checkpoint_path, self.state(progress))
 
-    step_options = step_options_from_config(cfg, precision, replicas)
-    # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
-    sharpness_aware_from = math.ceil(cfg.optimizer.get("sam_from", 0.0) * cfg.epochs * steps_per_epoch)
-    track_every = cfg.trainer.track_sharpness_every
-    tracker = SharpnessTracker(train_set) if track_every else None  # before the loop: see its docstring
-    for epoch in range(history["epoch"], cfg.epochs):
-        if epoch_progress is None:
-            epoch_progress = EpochProgress(
-                mask_update_time_at_start=optimizer.mask_update_time_s if sparse else 0.0
+    def train_epoch(self, epoch: int) -> EpochProgress:
+        """The epoch's steps (those not yet done), their totals summed over the processes."""
+        cfg, parts = self.cfg, self.parts
+        if self.progress is None:
+            self.progress = EpochProgress(
+                mask_update_time_at_start=parts.optimizer.mask_update_time_s if parts.sparse else 0.0
             )
-            if sparse:
-                optimizer.set_epoch(epoch)
-        if epoch_progress.step == 0:
-            epoch_progress.lr_at_start = optimizer.param_groups[0]["lr"]
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch, start=epoch_progress.step * cfg.batch_size)
+            if parts.sparse:
+                parts.optimizer.set_epoch(epoch)
+        progress = self.progress
+        if progress.step == 0:
+            progress.lr_at_start = parts.optimizer.param_groups[0]["lr"]
+        parts.train_set.set_epoch(epoch)
+        parts.sampler.set_epoch(epoch, start=progress.step * cfg.batch_size)
         try:
             result = train_one_epoch(
-                forward_model,
-                optimizer,
-                scheduler,
-                train_loader,
-                device,
-                progress=epoch_progress,
-                step_options=step_options,
-                memory_format=memory_format,
-                after_step=after_step,
-                sharpness_aware_from=sharpness_aware_from - epoch * steps_per_epoch,
+                parts.forward_model,
+                parts.optimizer,
+                parts.scheduler,
+                parts.train_loader,
+                self.replicas.device,
+                progress=progress,
+                step_options=self.step_options,
+                memory_format=parts.memory_format,
+                after_step=self.after_step,
+                sharpness_aware_from=self.sharpness_aware_from - epoch * parts.steps_per_epoch,
                 description=f"epoch {epoch + 1}/{cfg.epochs}",
-                progress_bar=cfg.trainer.progress_bar and replicas.is_main,
+                progress_bar=cfg.trainer.progress_bar and self.replicas.is_main,
             )
         except NonFiniteError as error:
             kept = (
-                f"The last good checkpoint, {checkpoint_path}, is kept"
-                if checkpoint_path.exists()
+                f"The last good checkpoint, {self.checkpoint_path}, is kept"
+                if self.checkpoint_path.exists()
                 else "No checkpoint had been written yet"
             )
             raise TrainingStopped(
-                f"{error} at epoch {epoch + 1}, step {epoch_progress.step + 1}. {kept}. "
+                f"{error} at epoch {epoch + 1}, step {progress.step + 1}. {kept}. "
                 "Lower the learning rate, or set trainer.on_nonfinite=skip to skip such steps"
             ) from error
-        result.add_up(replicas)
-        replicas.average_batchnorm_statistics(model)
-        test_loss, test_acc = evaluate(
-            evaluation_model,
-            test_loader,
-            device,
-            precision=precision,
-            memory_format=memory_format,
-            replicas=replicas,
+        result.add_up(self.replicas)
+        return result
+
+    def evaluate(self, loader) -> tuple[float, float]:
+        parts = self.parts
+        return evaluate(
+            parts.evaluation_model,
+            loader,
+            self.replicas.device,
+            precision=parts.precision,
+            memory_format=parts.memory_format,
+            replicas=self.replicas,
         )
+
+    def epoch_record(self, epoch: int, result: EpochProgress) -> dict[str, Any]:
+        """The epoch's line of metrics.jsonl: training totals, then test (and validation) sets."""
+        parts = self.parts
+        self.replicas.average_batchnorm_statistics(parts.model)
+        test_loss, test_acc = self.evaluate(parts.test_loader)
         record = {
             "epoch": epoch,
             "lr": result.lr_at_start,
@@ -422,92 +479,131 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
             "images_per_s": result.trained_images / result.time_s,
             "skipped_steps": result.skipped_steps,
         }
-        if val_loader is not None:
-            record["val_loss"], record["val_acc"] = evaluate(
-                evaluation_model,
-                val_loader,
-                device,
-                precision=precision,
-                memory_format=memory_format,
-                replicas=replicas,
-            )
-        if isinstance(optimizer, SAM):
+        if parts.val_loader is not None:
+            record["val_loss"], record["val_acc"] = self.evaluate(parts.val_loader)
+        if isinstance(parts.optimizer, SAM):
             record["perturbation_norm"] = result.perturbation_norm
             record["sharpness_aware_steps"] = result.sharpness_aware_steps
-        if sparse:
-            record["mask_density"] = optimizer.mask_density()
-            record["mask_update_time_s"] = optimizer.mask_update_time_s - result.mask_update_time_at_start
-        if tracker is not None and (epoch + 1) % track_every == 0:
-            record["lambda_max"] = tracker.lambda_max(model)
-        if replicas.is_main:
-            metrics.append(record)
-        if sink is not None:
-            sink.log(record, step=epoch)
+        if parts.sparse:
+            record["mask_density"] = parts.optimizer.mask_density()
+            record["mask_update_time_s"] = (
+                parts.optimizer.mask_update_time_s - result.mask_update_time_at_start
+            )
+        if self.tracker is not None and (epoch + 1) % self.track_every == 0:
+            record["lambda_max"] = self.tracker.lambda_max(parts.model)
+        return record
+
+    def end_epoch(self, epoch: int, result: EpochProgress, record: dict[str, Any]) -> None:
+        """Record the epoch, add it to the history, and checkpoint."""
+        if self.replicas.is_main:
+            self.metrics.append(record)
+        if self.sink is not None:
+            self.sink.log(record, step=epoch)
         print(
-            f"epoch {epoch + 1}/{cfg.epochs}  train loss {result.loss:.4f} acc {result.accuracy:.2f}  "
-            f"test loss {test_loss:.4f} acc {test_acc:.2f}  {result.time_s:.1f}s"
+            f"epoch {epoch + 1}/{self.cfg.epochs}  train loss {result.loss:.4f} acc {result.accuracy:.2f}  "
+            f"test loss {record['test_loss']:.4f} acc {record['test_acc']:.2f}  {result.time_s:.1f}s"
         )
-        history = {
+        history = self.history
+        self.history = {
             "epoch": epoch + 1,
-            "best_test_acc": max(history["best_test_acc"], test_acc),
+            "best_test_acc": max(history["best_test_acc"], record["test_acc"]),
             "train_time_s": history["train_time_s"] + result.time_s,
             "step_times_s": history["step_times_s"] + result.step_times_s,
-            "final_test_acc": test_acc,
+            "final_test_acc": record["test_acc"],
             # A resumed run's processes each see only their own peak: keep the largest.
-            "peak_memory_mb": max(history.get("peak_memory_mb", 0.0), peak_memory_mb(device)),
+            "peak_memory_mb": max(history.get("peak_memory_mb", 0.0), peak_memory_mb(self.replicas.device)),
             **_best_validation(history, record),
         }
-        epoch_progress = None
-        if replicas.is_main:
-            _checkpoint(checkpoint_path, state(None))
+        self.progress = None
+        if self.replicas.is_main:
+            _checkpoint(self.checkpoint_path, self.state(None))
 
-    summary = {
-        "final_test_acc": history["final_test_acc"],
-        "best_test_acc": history["best_test_acc"],
-        "epochs": cfg.epochs,
-        "optimizer": cfg.optimizer.name,
-        "dataset": cfg.dataset.name,
-        "model": cfg.model.name,
-        "model_arch": cfg.model.get("arch"),  # timm models: the architecture
-        "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
-        "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
-        "amp": cfg.trainer.amp,
-        "accumulate_steps": cfg.trainer.accumulate_steps,
-        "seed": cfg.seed,
-        "train_time_s": history["train_time_s"],
-        "step_time_s": statistics.median(history["step_times_s"]),
-        "peak_memory_mb": history["peak_memory_mb"],
-        "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
-        "torch_version": torch.__version__,
-        # CPU kernels split their sums by thread, so the count is part of a run's exact numbers.
-        "threads": torch.get_num_threads(),
-        "device": device_name(device),
-        "world_size": replicas.world_size,
-        "label_noise": cfg.dataset.label_noise,
-        "label_noise_seed": cfg.dataset.label_noise_seed,
-        "label_noise_changed": label_noise_changed,
-        "val_size": cfg.dataset.val_size,
-        **{key: history[key] for key in BEST_VAL_KEYS if key in history},
-    }
-    if cfg.optimizer.name in SHARPNESS_AWARE:
-        summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
-        summary["perturbation"] = cfg.optimizer.perturbation
-        summary["sam_from"] = cfg.optimizer.sam_from
-        summary["m"] = cfg.optimizer.m
-    if sparse:
-        summary["granularity"] = cfg.optimizer.granularity
-        summary["norm"] = cfg.optimizer.norm
-        if cfg.optimizer.granularity == "tensor":
-            summary["tensor_score"] = cfg.optimizer.tensor_score
-            summary["ascent_cost"] = cfg.optimizer.ascent_cost
-        if cfg.optimizer.name == "ssam_d":
-            summary["drop_rate"] = cfg.optimizer.drop_rate
-        summary["mask_density"] = optimizer.mask_density()
-        summary["mask_update_time_s"] = optimizer.mask_update_time_s
+    def summary(self) -> dict[str, Any]:
+        """summary.json: the results, the settings that shaped them, and where they ran."""
+        cfg, history, device = self.cfg, self.history, self.replicas.device
+        optimizer = self.parts.optimizer
+        summary = {
+            "final_test_acc": history["final_test_acc"],
+            "best_test_acc": history["best_test_acc"],
+            "epochs": cfg.epochs,
+            "optimizer": cfg.optimizer.name,
+            "dataset": cfg.dataset.name,
+            "model": cfg.model.name,
+            "model_arch": cfg.model.get("arch"),  # timm models: the architecture
+            "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
+            "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
+            "amp": cfg.trainer.amp,
+            "accumulate_steps": cfg.trainer.accumulate_steps,
+            "seed": cfg.seed,
+            "train_time_s": history["train_time_s"],
+            "step_time_s": statistics.median(history["step_times_s"]),
+            "peak_memory_mb": history["peak_memory_mb"],
+            "peak_memory_kind": "cuda_allocated" if device.type == "cuda" else "cpu_max_rss",
+            "torch_version": torch.__version__,
+            # CPU kernels split their sums by thread, so the count is part of a run's exact numbers.
+            "threads": torch.get_num_threads(),
+            "device": device_name(device),
+            "world_size": self.replicas.world_size,
+            "label_noise": cfg.dataset.label_noise,
+            "label_noise_seed": cfg.dataset.label_noise_seed,
+            "label_noise_changed": self.parts.label_noise_changed,
+            "val_size": cfg.dataset.val_size,
+            **{key: history[key] for key in BEST_VAL_KEYS if key in history},
+        }
+        if cfg.optimizer.name in SHARPNESS_AWARE:
+            summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
+            summary["perturbation"] = cfg.optimizer.perturbation
+            summary["sam_from"] = cfg.optimizer.sam_from
+            summary["m"] = cfg.optimizer.m
+        if self.parts.sparse:
+            summary["granularity"] = cfg.optimizer.granularity
+            summary["norm"] = cfg.optimizer.norm
+            if cfg.optimizer.granularity == "tensor":
+                summary["tensor_score"] = cfg.optimizer.tensor_score
+                summary["ascent_cost"] = cfg.optimizer.ascent_cost
+            if cfg.optimizer.name == "ssam_d":
+                summary["drop_rate"] = cfg.optimizer.drop_rate
+            summary["mask_density"] = optimizer.mask_density()
+            summary["mask_update_time_s"] = optimizer.mask_update_time_s
+        return summary
+
+
+def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]:
+    parts = _build_parts(cfg, replicas)
+    checkpoint_path = run_dir / "last.pt"
+    history = {"epoch": 0, "best_test_acc": float("-inf"), "train_time_s": 0.0, "step_times_s": []}
+    progress = None
+    checkpoint = replicas.on_main(
+        lambda: load_checkpoint(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
+    )
+    if checkpoint is not None:
+        history, progress = _resume(
+            cfg,
+            checkpoint,
+            run_dir,
+            parts.model,
+            parts.optimizer,
+            parts.scheduler,
+            parts.precision,
+            replicas,
+            parts.steps_per_epoch,
+        )
+    summary_path = run_dir / "summary.json"
+    if history["epoch"] >= cfg.epochs:
+        # Finished: its summary stands as written (this process measured nothing).
+        summary = replicas.on_main(lambda: read_json(summary_path) if summary_path.exists() else None)
+        if summary is not None:
+            print(format_table(summary))
+            return summary
+    training = _Training(cfg, run_dir, parts, replicas, history, progress)
+    for epoch in range(history["epoch"], cfg.epochs):
+        result = training.train_epoch(epoch)
+        training.end_epoch(epoch, result, training.epoch_record(epoch, result))
+    summary = training.summary()
     if replicas.is_main:
         write_json(summary_path, summary)
-    if sink is not None:
-        sink.finish(summary)
+    if training.sink is not None:
+        training.sink.finish(summary)
     print(format_table(summary))
     print(f"run directory: {run_dir}")
     return summary
