@@ -1,13 +1,14 @@
 # Set-up and everyday commands. Every target does the set-up it needs, once:
 #   make train   set up, then train the default model (Fashion-MNIST, compact ResNet, SGD)
 #   make test    set up, then run the tests
+#   make test-fast  the tests without the slow end-to-end ones (marked `slow`): the edit-test loop
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data train test lint format bench clean
+.PHONY: setup data train test test-fast lint format bench clean
 
 setup: $(INSTALLED) data
 
@@ -31,8 +32,16 @@ data: $(INSTALLED)
 train: setup
 	$(PY) train.py
 
+# One pytest worker per core (at most 4), one intra-op thread each: the tests' trainings are
+# small, and two-thread workers on shared cores stall on each other. Tests that share an
+# expensive module fixture stay on one worker (xdist_group marks, --dist loadgroup).
+PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
+
+test-fast: setup
+	$(PYTEST) -m "not slow"
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .

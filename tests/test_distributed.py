@@ -30,6 +30,8 @@ from ssam.train.optimizers import build_optimizer
 if missing_data_message("fashion_mnist", None) is not None:
     pytest.skip("needs Fashion-MNIST", allow_module_level=True)
 
+# Its tests share module fixtures: under pytest-xdist they run on one worker.
+pytestmark = pytest.mark.xdist_group("test_distributed")
 PROCESSES = 2
 BATCH = 32
 # 4 steps per process and epoch; a test set that does not divide by 2 (shards of 51 and 50).
