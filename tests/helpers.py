@@ -45,3 +45,26 @@ def assert_bitwise_equal(left: list[torch.Tensor], right: list[torch.Tensor]) ->
     assert len(left) == len(right)
     for a, b in zip(left, right):
         assert torch.equal(a, b), (a - b).abs().max()
+
+
+def assert_a_non_finite_example_skips_the_whole_step(build_optimizer, *, poisoned: int, **options) -> None:
+    """A NaN in example ``poisoned`` of a batch of 12 skips the whole step of training_step(**options)
+    under on_nonfinite=skip (weights and BatchNorm statistics as they were) and stops it by default,
+    naming the ascent pass. ``build_optimizer(model)`` makes the optimizer."""
+    from ssam.train.loop import NonFiniteError, training_step
+
+    x, y = batches(1, size=12)[0]
+    x[poisoned] = float("nan")
+    model = small_conv_net()
+    before = parameters_of(model)
+    buffers = [b.clone() for b in model.buffers()]
+    result = training_step(model, build_optimizer(model), x, y, on_nonfinite="skip", **options)
+    assert result.skipped
+    assert_bitwise_equal(parameters_of(model), before)
+    assert_bitwise_equal(list(model.buffers()), buffers)
+    try:
+        training_step(model, build_optimizer(model), x, y, **options)
+    except NonFiniteError as error:
+        assert error.pass_name == "ascent"
+    else:
+        raise AssertionError("a non-finite step must stop by default")

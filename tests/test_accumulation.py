@@ -7,7 +7,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
+from helpers import (
+    assert_a_non_finite_example_skips_the_whole_step,
+    assert_bitwise_equal,
+    batches,
+    parameters_of,
+    small_conv_net,
+)
 from runs import assert_kill_and_resume_is_bit_identical, read_json, read_jsonl
 from test_ssam import RHO, SGD_OPTIONS, FixedMask, random_masks
 from torch import nn
@@ -16,7 +22,7 @@ from torch.utils.data import TensorDataset
 from ssam import SAM, SSAM
 from ssam.data import missing_data_message
 from ssam.optim import DynamicMask, FisherMask, frozen_batchnorm_stats
-from ssam.train.loop import NonFiniteError, micro_batches, training_step
+from ssam.train.loop import micro_batches, training_step
 from ssam.train.precision import Precision
 
 CPU = torch.device("cpu")
@@ -143,26 +149,6 @@ def test_m_sharpness_shards_are_accumulated_each_on_its_own():
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
-def test_one_micro_batch_is_the_two_pass_step_bit_for_bit():
-    """k = 1 is the step as before accumulation: the loop every SAM user writes."""
-    x, y = batches(1, size=BATCH)[0]
-    model = small_conv_net()
-    reference = copy.deepcopy(model)
-    result = training_step(model, sam(model), x, y, accumulate_steps=1)
-
-    optimizer = sam(reference)
-    loss = F.cross_entropy(reference(x), y)
-    loss.backward()
-    optimizer.first_step(zero_grad=True)
-    with frozen_batchnorm_stats(reference):
-        F.cross_entropy(reference(x), y).backward()
-    optimizer.second_step(zero_grad=True)
-
-    assert_bitwise_equal(parameters_of(model), parameters_of(reference))
-    assert_bitwise_equal(list(model.buffers()), list(reference.buffers()))
-    assert torch.equal(result.loss, loss.detach())
-
-
 def test_micro_batches_split_any_batch_into_near_equal_parts_weighted_by_size():
     x, y = torch.arange(10.0), torch.arange(10)
     parts = list(micro_batches(x, y, 4))
@@ -193,17 +179,7 @@ def test_batchnorm_statistics_are_updated_by_each_micro_batch_of_the_passes_that
 
 
 def test_a_non_finite_micro_batch_skips_the_whole_step():
-    x, y = batches(1, size=BATCH)[0]
-    x[10] = float("nan")  # in the last of three micro-batches
-    model = small_conv_net()
-    before = parameters_of(model)
-    buffers = [b.clone() for b in model.buffers()]
-    result = training_step(model, sam(model), x, y, accumulate_steps=3, on_nonfinite="skip")
-    assert result.skipped
-    assert_bitwise_equal(parameters_of(model), before)
-    assert_bitwise_equal(list(model.buffers()), buffers)
-    with pytest.raises(NonFiniteError, match="ascent"):
-        training_step(model, sam(model), x, y, accumulate_steps=3)
+    assert_a_non_finite_example_skips_the_whole_step(sam, poisoned=10, accumulate_steps=3)  # the last of 3
 
 
 def test_the_fp16_loss_scale_covers_every_micro_batch_of_both_passes():
@@ -284,13 +260,14 @@ def readme_grad_scaler_step(model, optimizer, scaler, x, y, k):
     optimizer.zero_grad(set_to_none=True)
 
 
+@pytest.mark.parametrize("accumulate_steps", [1, 5])  # 1: the two-pass loop every SAM user writes
 @pytest.mark.parametrize("build", [sam, ssam_d], ids=["sam", "ssam_d"])
-def test_the_readme_loop_is_the_trainers_accumulated_step_bit_for_bit(build):
+def test_the_readme_loop_is_the_trainers_accumulated_step_bit_for_bit(build, accumulate_steps):
     trainer_model, loop_model = small_conv_net(), small_conv_net()
     trainer_optimizer, loop_optimizer = build(trainer_model, torch.float32), build(loop_model, torch.float32)
     for x, y in batches(3, size=BATCH):
-        training_step(trainer_model, trainer_optimizer, x, y, accumulate_steps=5)
-        readme_loop_step(loop_model, loop_optimizer, x, y, 5)
+        training_step(trainer_model, trainer_optimizer, x, y, accumulate_steps=accumulate_steps)
+        readme_loop_step(loop_model, loop_optimizer, x, y, accumulate_steps)
     assert_bitwise_equal(parameters_of(loop_model), parameters_of(trainer_model))
     assert_bitwise_equal(list(loop_model.buffers()), list(trainer_model.buffers()))
 

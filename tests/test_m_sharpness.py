@@ -6,12 +6,18 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
+from helpers import (
+    assert_a_non_finite_example_skips_the_whole_step,
+    assert_bitwise_equal,
+    batches,
+    parameters_of,
+    small_conv_net,
+)
 from test_ssam import LR, MOMENTUM, RHO, SGD_OPTIONS, WEIGHT_DECAY, FixedMask, random_masks
 from torch import nn
 
 from ssam import SAM, SSAM
-from ssam.train.loop import NonFiniteError, training_step
+from ssam.train.loop import training_step
 
 
 def net_without_batchnorm(seed: int = 0) -> nn.Module:
@@ -116,14 +122,4 @@ def test_loss_and_accuracy_are_over_the_whole_batch_at_w():
 
 
 def test_a_non_finite_shard_skips_the_whole_step():
-    x, y = batches(1, size=8)[0]
-    x[6] = float("nan")  # in the last of three shards of 3
-    model = small_conv_net()
-    before = parameters_of(model)
-    buffers = [b.clone() for b in model.buffers()]
-    result = training_step(model, sam(model), x, y, m=3, on_nonfinite="skip")
-    assert result.skipped
-    assert_bitwise_equal(parameters_of(model), before)
-    assert_bitwise_equal(list(model.buffers()), buffers)
-    with pytest.raises(NonFiniteError, match="ascent"):
-        training_step(model, sam(model), x, y, m=3)
+    assert_a_non_finite_example_skips_the_whole_step(sam, poisoned=10, m=3)  # in the last of 4 shards
