@@ -207,6 +207,7 @@ def test_a_bad_number_of_micro_batches_is_refused(value):
         training_step(model, sam(model), x, y, accumulate_steps=value)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST")
 def test_killed_and_resumed_in_mid_epoch_under_accumulation_is_bit_identical(tmp_path):
     # 8 steps an epoch of 3 micro-batches (22, 21, 21), 2 epochs (SSAM-D refreshes its mask

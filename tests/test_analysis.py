@@ -275,3 +275,38 @@ def test_mask_history_of_an_older_run_reports_overlaps_unavailable_not_invented(
     path = tmp_path / "masks.jsonl"
     write_masks(path, [mask_record(1, {"w": 1.0}), mask_record(2, {"w": 0.5})])
     assert read_mask_history(path).overlap_with_previous is None
+
+
+def test_the_figures_are_written_as_png_files(tmp_path):
+    from ssam.analysis.figures import plot_interpolation, plot_mask_history
+    from ssam.analysis.mask_maps import MaskHistory
+
+    plot_interpolation(
+        [-0.5, 0.0, 0.5, 1.0, 1.5], [2.0, 1.0, 1.5, 1.1, 2.2], ("sam", "sgd"), tmp_path / "line.png"
+    )
+    history = MaskHistory(
+        layers=["conv.weight", "fc.weight"],
+        epochs=[0, 1],
+        updates=[1, 2],
+        density=[[0.4, 0.5], [0.6, 0.5]],
+        mask_density=[0.5, 0.5],
+        overlap_with_previous=[None, 0.8],
+    )
+    plot_mask_history(history, tmp_path / "masks.png")
+    for name in ("line.png", "masks.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_analyze_quotes_path_settings_so_a_sweep_run_directory_is_taken_as_written():
+    from ssam.analyze import quoted_paths
+
+    arguments = [
+        "checkpoint=outputs/sweeps/x/optimizer=sam,seed=0/last.pt",
+        "what=[hessian]",
+        "checkpoint=null",
+    ]
+    assert quoted_paths(arguments) == [
+        "checkpoint='outputs/sweeps/x/optimizer=sam,seed=0/last.pt'",
+        "what=[hessian]",
+        "checkpoint=null",
+    ]

@@ -13,8 +13,9 @@ from runs import REPO, TIMEOUT_S, model_weights, read_json, read_jsonl, run_env,
 
 from ssam.data import missing_data_message
 
-# Its tests share a module fixture: under pytest-xdist they run on one worker.
-pytestmark = pytest.mark.xdist_group("test_analyze_end_to_end")
+# End-to-end (left out by make test-fast); its tests share a module fixture, so under
+# pytest-xdist they run on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_analyze_end_to_end")]
 
 MISSING = missing_data_message("fashion_mnist", None)
 if MISSING is not None:

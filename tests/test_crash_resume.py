@@ -41,13 +41,22 @@ OPTIMIZERS = {
     "ssam_f": ["optimizer=ssam_f", "optimizer.num_samples=8"],
     "ssam_d": ["optimizer=ssam_d"],
     # fp16's loss scale is part of the state: a resume must continue with the same scale.
-    "sam_fp16": ["optimizer=sam", "trainer.amp=fp16"],
+    # float16 kernels are slow on a CPU: a quarter-width model, half the images, 16 steps an epoch.
+    "sam_fp16": [
+        "optimizer=sam",
+        "trainer.amp=fp16",
+        "model.widths=[4,8,16]",
+        "dataset.train_size=256",
+        "dataset.test_size=64",
+        "batch_size=16",
+    ],
     # The whole dataset on the device (here the CPU), augmented there in per-batch-seeded draws;
     # the Fisher mask still reads its examples from the CPU dataset.
     "ssam_f_data_on_device": ["optimizer=ssam_f", "optimizer.num_samples=8", "dataset.on_device=true"],
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
 def test_sigkill_at_a_random_step_then_resume_is_bit_identical(optimizer, tmp_path):
     assert_kill_and_resume_is_bit_identical(tmp_path, [*TINY, *OPTIMIZERS[optimizer]], f"kill-{optimizer}")
@@ -98,6 +107,7 @@ def test_training_stops_with_a_clear_message_when_the_disk_is_full(tmp_path, mon
     assert load_checkpoint(tmp_path / "last.pt")["history"]["epoch"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("optimizer", "pass_name"), [("sgd", "training"), ("sam", "ascent")])
 def test_non_finite_loss_stops_naming_epoch_step_and_pass(optimizer, pass_name, tmp_path):
     result = train(tmp_path / "run", ["lr=1e30", f"optimizer={optimizer}", *TINY])
@@ -106,6 +116,7 @@ def test_non_finite_loss_stops_naming_epoch_step_and_pass(optimizer, pass_name, 
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_steps_can_be_skipped(tmp_path):
     run_dir = tmp_path / "run"
     train_ok(run_dir, ["lr=1e30", "optimizer=sam", "trainer.on_nonfinite=skip", *TINY])
@@ -113,6 +124,7 @@ def test_non_finite_steps_can_be_skipped(tmp_path):
     assert len(rows) == 2 and all(row["skipped_steps"] > 0 for row in rows)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -130,6 +142,7 @@ def test_unknown_setting_is_named_with_the_closest_valid_one(override, message, 
     assert message in result.stderr
 
 
+@pytest.mark.slow
 def test_resume_with_a_different_number_of_loader_workers_is_bit_identical(tmp_path):
     """Order and augmentation come from (seed, epoch, position), not from worker processes."""
     overrides = [*TINY, "optimizer=sam"]
@@ -145,6 +158,7 @@ def test_resume_with_a_different_number_of_loader_workers_is_bit_identical(tmp_p
         assert torch.equal(actual[name], tensor), name
 
 
+@pytest.mark.slow
 def test_a_damaged_data_file_is_named_without_a_traceback(tmp_path):
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
@@ -159,6 +173,7 @@ def test_a_damaged_data_file_is_named_without_a_traceback(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
@@ -180,6 +195,7 @@ def test_settings_only_the_data_or_model_can_check_still_fail_cleanly(overrides,
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_resuming_under_another_learning_rate_names_the_difference(tmp_path):
     run_dir = tmp_path / "run"
     train_ok(run_dir, ["dataset.train_size=256", "dataset.test_size=128", "epochs=1"])
@@ -188,6 +204,7 @@ def test_resuming_under_another_learning_rate_names_the_difference(tmp_path):
     assert "lr: 0.1 there, 0.5 now" in result.stderr
 
 
+@pytest.mark.slow
 def test_resuming_under_another_precision_names_the_difference(tmp_path):
     run_dir = tmp_path / "run"
     small = ["dataset.train_size=256", "dataset.test_size=128", "epochs=1"]

@@ -156,6 +156,7 @@ def test_each_step_takes_the_single_process_batch_of_w_times_b_cut_into_one_bloc
 # 2. The replicas stay identical.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(REPLICA_RUNS))
 def test_weights_and_buffers_are_identical_on_both_processes_after_training(two_processes, name):
     first, second = reports(two_processes, name)
@@ -164,6 +165,7 @@ def test_weights_and_buffers_are_identical_on_both_processes_after_training(two_
         assert torch.equal(tensor, second["state"][key]), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ssam_f", "ssam_d_local"])
 def test_sparse_masks_are_identical_on_both_processes(two_processes, name):
     first, second = reports(two_processes, name)
@@ -174,6 +176,7 @@ def test_sparse_masks_are_identical_on_both_processes(two_processes, name):
     assert len(updates) == (2 if name == "ssam_d_local" else 1)
 
 
+@pytest.mark.slow
 def test_local_perturbation_trains_other_weights_than_global(two_processes):
     global_state = reports(two_processes, "sam_global")[0]["state"]
     local_state = reports(two_processes, "sam_local")[0]["state"]
@@ -194,6 +197,7 @@ def test_on_one_process_local_perturbation_is_global():
 # 3. Global-perturbation SAM on 2 × B is SAM on 2B.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(EQUIVALENCE_RUNS))
 def test_global_sam_on_two_processes_with_batch_b_equals_one_process_with_batch_2b(
     two_processes, tmp_path, name
@@ -213,6 +217,7 @@ def test_global_sam_on_two_processes_with_batch_b_equals_one_process_with_batch_
 # 4. Rank 0 alone records.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*REPLICA_RUNS, *EQUIVALENCE_RUNS])
 def test_only_rank_0_writes_a_run_directory(two_processes, name):
     assert not (two_processes / f"{name}-rank1").exists()
@@ -235,6 +240,7 @@ def torchrun_run(tmp_path_factory):
     return run_dir, train_ok(run_dir, EVERY_STEP, processes=PROCESSES)
 
 
+@pytest.mark.slow
 def test_torchrun_on_two_processes_records_once_from_rank_0(torchrun_run):
     run_dir, result = torchrun_run
     assert result.stdout.count("epoch 1/2") == 1 and result.stdout.count("final_test_acc") == 1
@@ -249,6 +255,7 @@ def test_torchrun_on_two_processes_records_once_from_rank_0(torchrun_run):
 # 5. Checkpoints move between numbers of processes.
 
 
+@pytest.mark.slow
 def test_a_checkpoint_from_two_processes_resumes_on_one_and_trains_to_the_end(tmp_path):
     run_dir = tmp_path / "run"
     kill_after_checkpoints(run_dir, SPARSE_RUN, writes=1, processes=PROCESSES)
@@ -262,6 +269,7 @@ def test_a_checkpoint_from_two_processes_resumes_on_one_and_trains_to_the_end(tm
     assert torch.load(run_dir / "last.pt", weights_only=True)["history"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_stopped_in_mid_epoch_and_resumed_on_two_processes_is_bit_identical(torchrun_run, tmp_path):
     straight, _ = torchrun_run
     run_dir = tmp_path / "run"
@@ -279,6 +287,7 @@ def test_stopped_in_mid_epoch_and_resumed_on_two_processes_is_bit_identical(torc
     )
 
 
+@pytest.mark.slow
 def test_a_mid_epoch_checkpoint_does_not_resume_on_another_number_of_processes(tmp_path):
     run_dir = tmp_path / "run"
     overrides = [*TINY, "trainer.checkpoint_every_steps=1"]
@@ -301,6 +310,7 @@ def test_the_slurm_launcher_starts_one_task_per_gpu():
     assert cfg.hydra.launcher.tasks_per_node == 4
 
 
+@pytest.mark.slow
 def test_a_submitit_job_of_two_tasks_trains_as_two_processes(tmp_path):
     """submitit's local executor stands in for SLURM: the same job environment, on this machine."""
     sweep = tmp_path / "sweep"

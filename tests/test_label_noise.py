@@ -274,6 +274,7 @@ def assert_best_validation_matches_metrics(summary: dict, rows: list[dict]) -> N
     assert summary["test_acc_at_best_val"] == best["test_acc"]
 
 
+@pytest.mark.slow
 @needs_fashion_mnist
 @pytest.mark.parametrize("on_device", ["false", "true"])
 def test_a_run_records_validation_accuracy_and_the_test_accuracy_at_its_best(tmp_path, on_device):

@@ -31,6 +31,7 @@ def test_a_plain_step_of_sam_is_an_sgd_step_bit_for_bit():
     assert_bitwise_equal(list(model.buffers()), list(reference.buffers()))
 
 
+@pytest.mark.slow
 @needs_data
 def test_before_the_phase_the_run_is_the_sgd_run(tmp_path):
     train_ok(tmp_path / "sgd", [*TINY, "optimizer=sgd"])
@@ -44,6 +45,7 @@ def test_before_the_phase_the_run_is_the_sgd_run(tmp_path):
     assert read_json(tmp_path / "late/summary.json")["sam_from"] == 0.5
 
 
+@pytest.mark.slow
 @needs_data
 def test_sparse_sam_computes_its_first_mask_when_the_phase_starts(tmp_path):
     run_dir = tmp_path / "late_ssam_f"
@@ -54,6 +56,7 @@ def test_sparse_sam_computes_its_first_mask_when_the_phase_starts(tmp_path):
     assert [row["sharpness_aware_steps"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [0, 4]
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_kill_and_resume_across_the_phase_boundary_is_bit_identical(tmp_path):
     overrides = [*TINY, "optimizer=sam", "optimizer.sam_from=0.5", "trainer.checkpoint_every_steps=1"]

@@ -116,6 +116,7 @@ def sweep(sweep_dir):
     )
 
 
+@pytest.mark.slow
 @needs_data
 def test_sweep_runs_sgd_once_per_seed_and_a_relaunch_trains_nothing(tmp_path):
     first = sweep(tmp_path)

@@ -28,8 +28,9 @@ from runs import (
 
 from ssam.data import missing_data_message
 
-# Its tests share module fixtures: under pytest-xdist they run on one worker.
-pytestmark = pytest.mark.xdist_group("test_train_end_to_end")
+# End-to-end (left out by make test-fast); its tests share module fixtures, so under
+# pytest-xdist they run on one worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_train_end_to_end")]
 MISSING = missing_data_message("fashion_mnist", None)
 if MISSING is not None:
     pytest.skip(f"end-to-end training needs Fashion-MNIST: {MISSING}", allow_module_level=True)

@@ -278,6 +278,7 @@ def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path
     assert elapsed < 60
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST")
 @pytest.mark.parametrize(
     ("overrides", "message"),
@@ -305,3 +306,11 @@ def test_train_py_refuses_imagenet_on_the_device_with_exit_code_2(tmp_path):
     assert result.returncode == 2, result.stderr
     assert "error: dataset.on_device=true works for fashion_mnist, cifar10, cifar100" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_unknown_override_is_named_with_the_closest_valid_key():
+    from ssam.train.overrides import unknown_key_message
+
+    message = unknown_key_message(["sparsty=0.5"], REPO_ROOT / "configs")
+    assert message.startswith("unknown setting 'sparsty'; did you mean 'sparsity'")
+    assert unknown_key_message(["sparsity=0.5", "optimizer=sam"], REPO_ROOT / "configs") is None
