@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The accuracy of the fast Sparse SAM variants on Fashion-MNIST (issue #4): SGD, SAM, the
+# The accuracy of the fast Sparse SAM variants on Fashion-MNIST: SGD, SAM, the
 # paper's element-wise SSAM-F and the tensor-granular, cost-aware SSAM-F (norm masked, which is
 # what lets its ascent skip gradients) at sparsity 0.5 and 0.9, three seeds each, with the
 # fmnist_cpu preset (10k training images, 3 epochs). Then the tables.

@@ -67,7 +67,7 @@ def test_sharpness_aware_optimizers_inherit_sgd_settings_and_read_rho(optimizer)
     assert cfg.optimizer.bn_stats == "ascent"
 
 
-ISSUE_COMMAND = ["optimizer=sam", "rho=0.05", "lr=0.1", "epochs=20", "seed=1"]
+DOCUMENTED_COMMAND = ["optimizer=sam", "rho=0.05", "lr=0.1", "epochs=20", "seed=1"]
 
 
 @pytest.mark.parametrize(
@@ -81,8 +81,8 @@ ISSUE_COMMAND = ["optimizer=sam", "rho=0.05", "lr=0.1", "epochs=20", "seed=1"]
         (["dataset=cifar10", "model=vit_small"], "cifar10", "vit_small"),
     ],
 )
-def test_issue_command_lines_compose_with_interpolated_rho_and_lr(extra, dataset, model):
-    cfg = compose_train_config(ISSUE_COMMAND + extra)
+def test_documented_command_lines_compose_with_interpolated_rho_and_lr(extra, dataset, model):
+    cfg = compose_train_config(DOCUMENTED_COMMAND + extra)
     OmegaConf.to_container(cfg, resolve=True)
     assert cfg.dataset.name == dataset
     assert cfg.model.name == model
@@ -93,7 +93,7 @@ def test_issue_command_lines_compose_with_interpolated_rho_and_lr(extra, dataset
     assert cfg.seed == 1
 
 
-def test_issue_command_interpolation_follows_non_default_values():
+def test_documented_command_interpolation_follows_non_default_values():
     cfg = compose_train_config(["optimizer=sam", "rho=0.5", "lr=0.01", "dataset=cifar10", "model=resnet18"])
     assert cfg.optimizer.rho == 0.5
     assert cfg.optimizer.lr == 0.01

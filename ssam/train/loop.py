@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -66,16 +66,16 @@ def ascent_batch_size(batch_size: int, ascent_fraction: float) -> int:
     return max(1, math.ceil(ascent_fraction * batch_size))
 
 
-def micro_batches(inputs: torch.Tensor, targets: torch.Tensor, count: int):
+def micro_batches(
+    inputs: torch.Tensor, targets: torch.Tensor, count: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, bool]]:
     """The batch in ``count`` consecutive micro-batches (fewer when it has fewer examples), their
     sizes differing by at most one; yields each with its share of the batch's examples and
     whether it is the last. Weighting each micro-batch's mean loss by its share makes the summed
-    gradient the whole batch's mean-loss gradient, whether or not ``count`` divides the batch."""
-    count = min(count, len(targets))
-    if count == 1:
-        yield inputs, targets, 1.0, True
-        return
+    gradient the whole batch's mean-loss gradient, whether or not ``count`` divides the batch.
+    One micro-batch is the batch itself, with share 1.0 (multiplying by it is exact)."""
     size = len(targets)
+    count = min(count, size)
     pieces = zip(inputs.tensor_split(count), targets.tensor_split(count))
     for index, (micro_inputs, micro_targets) in enumerate(pieces):
         yield micro_inputs, micro_targets, len(micro_targets) / size, index == count - 1
@@ -119,13 +119,10 @@ class _Passes:
                 ):
                     logits = self.model(micro_inputs)
                     loss = F.cross_entropy(logits, micro_targets)
-                factor = weight * share
-                weighted = loss * factor if factor != 1.0 else loss
+                weighted = loss * (weight * share)
                 backward(weighted if scale is None else scale.scaled(weighted))
-            losses.append(loss.detach() * share if share != 1.0 else loss.detach())
+            losses.append(loss.detach() * share)
             correct.append((logits.argmax(dim=1) == micro_targets).sum())
-        if len(losses) == 1:
-            return losses[0], correct[0]
         return torch.stack(losses).sum(), torch.stack(correct).sum()
 
     def check(self, loss: torch.Tensor, pass_name: str) -> None:
