@@ -28,6 +28,7 @@ from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.train.loop import training_step
 from ssam.train.optimizers import build_mask_strategy, build_optimizer
+from ssam.train.run import peak_memory_mb
 
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
 
@@ -36,10 +37,6 @@ def resident_mb() -> float:
     """This process's current resident set size, from /proc (Linux)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * resource.getpagesize() / 2**20
-
-
-def peak_resident_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -71,9 +68,8 @@ def measure(args: argparse.Namespace) -> dict:
         training_step(model, optimizer, inputs, targets, accumulate_steps=args.accumulate_steps)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
-    else:
-        peak, kind = peak_resident_mb(), "cpu_max_rss"
+    peak = peak_memory_mb(device)  # as a run's summary.json records it
+    kind = "cuda_max_allocated" if device.type == "cuda" else "cpu_max_rss"
     return {
         "optimizer": args.optimizer,
         "accumulate_steps": args.accumulate_steps,
