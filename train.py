@@ -13,11 +13,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers and declared groups)
 from ssam.data import DataError
+from ssam.registry import load_extensions
 from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
 from ssam.train.distributed import hydra_overrides_for_this_process
-from ssam.train.overrides import unknown_key_message
+from ssam.train.overrides import extensions_in, unknown_key_message
 from ssam.train.run import TrainingStopped, run
 from ssam.train.validate import ConfigError
 
@@ -38,10 +39,20 @@ def main(cfg: DictConfig) -> float:
     return summary["final_test_acc"]
 
 
-if __name__ == "__main__":
-    message = unknown_key_message(sys.argv[1:], Path(__file__).resolve().parent / "configs")
+def _check_command_line(arguments: list[str]) -> None:
+    """Import the extensions named on the command line, so that Hydra finds their options,
+    and refuse an unknown key (exit code 2)."""
+    try:
+        load_extensions(extensions_in(arguments))
+        message = unknown_key_message(arguments, Path(__file__).resolve().parent / "configs")
+    except ConfigError as error:
+        message = str(error)
     if message is not None:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    _check_command_line(sys.argv[1:])
     sys.argv += hydra_overrides_for_this_process()
     main()

@@ -17,7 +17,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from tables import column, column_label, column_order, mean_std
+from tables import column, column_label, column_order, mean_std, method_label
 
 # (column title, analysis file, key in it)
 MEASURES = (
@@ -72,6 +72,7 @@ def _header(first: list[str], last: list[str]) -> list[str]:
 
 def markdown(cells: dict[tuple, list[dict]], missing: list[Path]) -> str:
     """The table of settings (mean ± std over runs), then one row per run."""
+    labels = {key[0]: method_label(runs[0]["summary"]) for key, runs in cells.items()}
     lines = _header(["setting"], ["runs"])
     for key in _ordered(cells):
         runs = cells[key]
@@ -79,11 +80,15 @@ def markdown(cells: dict[tuple, list[dict]], missing: list[Path]) -> str:
         for _, source, name in MEASURES:
             values = [run[source][name] for run in runs]
             row.append("n/a" if None in values else mean_pm_std(values))
-        lines.append(f"| {column_label(key)} | " + " | ".join(row) + f" | {len(runs)} |")
+        lines.append(f"| {column_label(key, labels)} | " + " | ".join(row) + f" | {len(runs)} |")
     lines += ["", "Per run:", "", *_header(["setting", "seed", "final test acc (%)"], [])]
     for key in _ordered(cells):
         for run in sorted(cells[key], key=lambda run: run["summary"]["seed"]):
-            row = [column_label(key), str(run["summary"]["seed"]), f"{run['summary']['final_test_acc']:.2f}"]
+            row = [
+                column_label(key, labels),
+                str(run["summary"]["seed"]),
+                f"{run['summary']['final_test_acc']:.2f}",
+            ]
             for _, source, name in MEASURES:
                 value = run[source][name]
                 row.append("n/a" if value is None else _formatter(value)(value))

@@ -27,7 +27,7 @@ import torch
 from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.train.loop import training_step
-from ssam.train.optimizers import build_mask_strategy, build_optimizer
+from ssam.train.methods import build_mask_strategy, build_optimizer
 from ssam.train.run import peak_memory_mb
 
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
@@ -48,16 +48,15 @@ def measure(args: argparse.Namespace) -> dict:
     )
     inputs = torch.randn(args.batch_size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device)
     targets = torch.randint(0, CLASSES, (args.batch_size,), device=device)
-    options = {}
+    settings = dict(lr=0.01, weight_decay=0.0)
+    if args.optimizer != "sgd":
+        settings["rho"] = 0.05
     if args.optimizer in ("ssam_f", "ssam_d"):
         examples = torch.utils.data.TensorDataset(inputs.cpu(), targets.cpu())
-        options = dict(
-            sparsity=0.5,
-            mask_strategy=build_mask_strategy(
-                args.optimizer, model, examples, epochs=1, seed=0, update_freq=1, num_samples=16
-            ),
-        )
-    optimizer = build_optimizer(args.optimizer, model, lr=0.01, rho=0.05, **options)
+        fisher = {"num_samples": 16} if args.optimizer == "ssam_f" else {}
+        mask = build_mask_strategy(args.optimizer, model, examples, epochs=1, seed=0, **fisher)
+        settings.update(sparsity=0.5, mask_strategy=mask)
+    optimizer = build_optimizer(args.optimizer, model, **settings)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)

@@ -35,7 +35,7 @@ from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.optim import SAM, SSAM, fisher_scores
 from ssam.train.loop import training_step
-from ssam.train.optimizers import build_mask_strategy, build_optimizer, build_tensor_selection
+from ssam.train.methods import build_mask_strategy, build_optimizer, build_tensor_selection
 from ssam.train.precision import AMP, Precision
 
 
@@ -56,9 +56,11 @@ def sparse_variants(args):
 def make_optimizers(model, dataset, args):
     """(label, model copy, optimizer) for SGD, SAM and each Sparse SAM variant."""
     entries = []
-    for name in ("sgd", "sam"):
-        replica = copy.deepcopy(model)
-        entries.append((name, replica, build_optimizer(name, replica, lr=0.01, rho=args.rho)))
+    plain = dict(lr=0.01, weight_decay=0.0)
+    replica = copy.deepcopy(model)
+    entries.append(("sgd", replica, build_optimizer("sgd", replica, **plain)))
+    replica = copy.deepcopy(model)
+    entries.append(("sam", replica, build_optimizer("sam", replica, rho=args.rho, **plain)))
     for label, name, sparsity, granularity, norm, cost in sparse_variants(args):
         replica = copy.deepcopy(model)
         strategy = build_mask_strategy(
@@ -68,12 +70,12 @@ def make_optimizers(model, dataset, args):
             epochs=10,
             seed=0,
             update_freq=1,
-            num_samples=min(16, len(dataset)),
             granularity=granularity,
             ascent_cost=cost,
+            **({"num_samples": min(16, len(dataset))} if name == "ssam_f" else {}),
         )
         optimizer = build_optimizer(
-            name, replica, lr=0.01, rho=args.rho, sparsity=sparsity, norm=norm, mask_strategy=strategy
+            name, replica, rho=args.rho, sparsity=sparsity, norm=norm, mask_strategy=strategy, **plain
         )
         entries.append((label, replica, optimizer))
     return entries

@@ -4,7 +4,8 @@
 
 Per dataset / model (and label noise, where runs differ in it) it writes two PNGs:
 - ``<prefix>_accuracy_vs_sparsity.png``: the headline test accuracy (mean ± std over seeds)
-  against sparsity, one line per Sparse SAM method, SGD and SAM as horizontal bands;
+  against sparsity, one line per Sparse SAM method (and variant), the methods without a
+  sparsity (SGD, SAM) as horizontal bands;
 - ``<prefix>_accuracy_vs_time.png``: the same accuracies against training time per epoch
   relative to SGD (the efficiency frontier).
 The headline accuracy is, as in tables.py, the test accuracy at the epoch of best validation
@@ -20,7 +21,16 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
-from tables import LABELS, aggregate, collect, column_label, label_noise_differs, mean_std, row_label  # noqa: E402
+from tables import (  # noqa: E402
+    aggregate,
+    collect,
+    column_label,
+    column_order,
+    label_noise_differs,
+    mean_std,
+    method_labels,
+    row_label,
+)
 
 
 def headline(cells: dict) -> tuple[str, str]:
@@ -32,21 +42,25 @@ def headline(cells: dict) -> tuple[str, str]:
 
 def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
     statistic, axis_label = headline(cells)
+    labels = method_labels({None: cells})
     figure, axes = plt.subplots(figsize=(6, 4))
-    for index, method in enumerate(("sgd", "sam")):
-        if (method, None, "") in cells:
-            mean, std = mean_std(cells[(method, None, "")][statistic])
-            color = f"C{index}"
-            axes.axhline(mean, color=color, linestyle="--", label=f"{LABELS[method]} ({mean:.2f})")
-            axes.axhspan(mean - std, mean + std, color=color, alpha=0.15)
-    lines = sorted({(key[0], key[2]) for key in cells if key[0] in ("ssam_f", "ssam_d")})
-    for index, (method, variant) in enumerate(lines, start=2):
-        points = sorted(
-            (key[1], stats) for key, stats in cells.items() if (key[0], key[2]) == (method, variant)
-        )
+    keys = sorted(cells, key=column_order)
+    bands = [key for key in keys if key[1] is None and not key[2]]
+    for index, key in enumerate(bands):
+        mean, std = mean_std(cells[key][statistic])
+        color = f"C{index}"
+        axes.axhline(mean, color=color, linestyle="--", label=f"{column_label(key, labels)} ({mean:.2f})")
+        axes.axhspan(mean - std, mean + std, color=color, alpha=0.15)
+    lines = list(dict.fromkeys((key[0], key[2]) for key in keys if key[1] is not None))
+    for index, (method, variant) in enumerate(lines, start=len(bands)):
+        points = [
+            (key[1], cells[key])
+            for key in keys
+            if (key[0], key[2]) == (method, variant) and key[1] is not None
+        ]
         sparsities = [s for s, _ in points]
         means, stds = zip(*(mean_std(stats[statistic]) for _, stats in points))
-        label = LABELS[method] + (f" ({variant})" if variant else "")
+        label = column_label((method, None, variant), labels)
         axes.errorbar(sparsities, means, yerr=stds, marker="o", capsize=3, color=f"C{index}", label=label)
     axes.set_xlabel("sparsity (fraction of weights not perturbed)")
     axes.set_ylabel(axis_label)
@@ -59,17 +73,23 @@ def plot_accuracy_vs_sparsity(cells: dict, title: str, path: Path) -> None:
 
 def plot_accuracy_vs_time(cells: dict, title: str, path: Path) -> None:
     statistic, axis_label = headline(cells)
+    labels = method_labels({None: cells})
     figure, axes = plt.subplots(figsize=(6, 4))
-    for index, method in enumerate(("sgd", "sam", "ssam_f", "ssam_d")):
-        for key, stats in sorted(cells.items(), key=lambda item: str(item[0])):
-            if key[0] != method or stats["time_vs_sgd"] is None:
-                continue
-            mean, std = mean_std(stats[statistic])
-            label = column_label(key)
-            axes.errorbar(stats["time_vs_sgd"], mean, yerr=std, marker="o", capsize=3, color=f"C{index}")
-            axes.annotate(
-                label, (stats["time_vs_sgd"], mean), textcoords="offset points", xytext=(4, 4), fontsize=7
-            )
+    methods = list(dict.fromkeys(key[0] for key in sorted(cells, key=column_order)))
+    for key in sorted(cells, key=column_order):
+        stats = cells[key]
+        if stats["time_vs_sgd"] is None:
+            continue
+        mean, std = mean_std(stats[statistic])
+        color = f"C{methods.index(key[0])}"
+        axes.errorbar(stats["time_vs_sgd"], mean, yerr=std, marker="o", capsize=3, color=color)
+        axes.annotate(
+            column_label(key, labels),
+            (stats["time_vs_sgd"], mean),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=7,
+        )
     axes.set_xlabel("training time per epoch / SGD's")
     axes.set_ylabel(axis_label)
     axes.set_title(title)

@@ -2,9 +2,10 @@
 
     python scripts/tables.py outputs/sweeps/fmnist_cpu --markdown docs/fmnist_table.md --csv docs/fmnist.csv
 
-Rows are dataset / model (and the label noise, where the runs differ in it); columns SGD, SAM,
-then SSAM-F and SSAM-D at each sparsity found, and apart from the paper's element-wise masks,
-each other mask granularity and normalisation.
+Rows are dataset / model (and the label noise, where the runs differ in it); columns are the
+methods in their order of declaration (SGD, SAM, SSAM-F, SSAM-D, then any other), under the
+labels their runs recorded, a Sparse SAM method at each sparsity found, and apart from each
+method's own settings, each variant of them (another mask granularity or normalisation, say).
 Cells are the mean ± sample std over seeds, with the number of runs; runs that share a
 seed (a sweep over another setting under the same root) are flagged, not silently pooled. The
 tables: when the runs held out a validation split (dataset.val_size), first the test accuracy at
@@ -25,8 +26,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-METHOD_ORDER = {"sgd": 0, "sam": 1, "ssam_f": 2, "ssam_d": 3}
-LABELS = {"sgd": "SGD", "sam": "SAM", "ssam_f": "SSAM-F", "ssam_d": "SSAM-D"}
+from ssam.train.methods import METHODS, run_variant
 
 
 def collect(root: Path) -> tuple[list[dict], list[Path]]:
@@ -42,57 +42,44 @@ def collect(root: Path) -> tuple[list[dict], list[Path]]:
     return summaries, unfinished
 
 
-# Settings that make a run another method than the paper's, with the paper's value; a summary
-# without one (written before it existed) has that value.
-PAPER_SETTINGS = {
-    "granularity": "element",
-    "norm": "full",
-    "tensor_score": "sum",
-    "ascent_cost": "auto",
-    "ascent_fraction": 1.0,
-    "perturbation": "global",
-    "amp": "none",
-    "sam_from": 0.0,
-    "m": None,  # no m-sharpness: only a set m is a variant
-}
 # The tables' titles; the first only where every run of a cell held out a validation split.
 AT_BEST_VAL_TITLE = "Test accuracy at the epoch of best validation accuracy (%)"
 FINAL_TITLE = "Final test accuracy (%)"
 BEST_TITLE = "Best test accuracy over epochs, selected on the test set (the authors' metric) (%)"
 
 
-def _variant_label(key: str, value) -> str:
-    if key == "granularity":
-        return str(value)
-    if key == "norm":
-        return f"{value} norm"
-    return f"{key}={value}"
-
-
 def column(summary: dict) -> tuple[str, float | None, str]:
-    """(optimizer, sparsity, variant); the variant names each setting that differs from the
-    paper's method, so that such runs get their own column rather than being pooled."""
-    variant = [
-        _variant_label(key, summary[key])
-        for key, paper in PAPER_SETTINGS.items()
-        if summary.get(key) is not None
-        and summary[key] != paper
-        # One process: local and global perturbation are the same.
-        and not (key == "perturbation" and summary.get("world_size", 1) == 1)
-    ]
-    return summary["optimizer"], summary["sparsity"], ", ".join(variant)
+    """(optimizer, sparsity, variant); the variant names each setting that makes the run another
+    method than its optimizer's own (``run_variant``), so that such runs get their own column
+    rather than being pooled. Runs record it; for those recorded before it, it is worked out
+    from their settings."""
+    variant = summary["variant"] if "variant" in summary else run_variant(summary)
+    return summary["optimizer"], summary["sparsity"], variant
 
 
-def column_label(key: tuple[str, float | None, str]) -> str:
+def method_label(summary: dict) -> str:
+    """The optimizer's label as its run recorded it (a run from before labels: the declared one)."""
+    name = summary["optimizer"]
+    return summary.get("optimizer_label") or (METHODS[name].label if name in METHODS else name)
+
+
+def column_label(key: tuple[str, float | None, str], labels: dict[str, str]) -> str:
     optimizer, sparsity, variant = key
-    label = LABELS.get(optimizer, optimizer) + (f" ({variant})" if variant else "")
+    label = labels.get(optimizer, optimizer) + (f" ({variant})" if variant else "")
     return label + ("" if sparsity is None else f" s={sparsity:g}")
+
+
+def method_labels(table) -> dict[str, str]:
+    """{optimizer: label} of every cell of ``table``."""
+    return {key[0]: stats["label"] for cells in table.values() for key, stats in cells.items()}
 
 
 def row_key(summary: dict) -> tuple[str, str, float]:
     """(dataset, model, label noise): label noise is a property of the data, not of the method,
-    so runs under other noise are another row. A summary from before label noise had none."""
-    return summary["dataset"], summary["model"], summary.get("label_noise", 0.0)
+    so runs under other noise are another row. A summary from before label noise had none. A timm
+    model is named with its architecture."""
+    model, arch = summary["model"], summary.get("model_arch")
+    return summary["dataset"], model if arch is None else f"{model} ({arch})", summary.get("label_noise", 0.0)
 
 
 def label_noise_differs(table) -> bool:
@@ -117,6 +104,7 @@ def aggregate(summaries: list[dict]) -> dict[tuple[str, str, float], dict[tuple,
             per_epoch = [run["train_time_s"] / run["epochs"] for run in runs]
             seeds = [run["seed"] for run in runs]
             table[row][key] = {
+                "label": method_label(runs[0]),
                 "runs": len(runs),
                 # Two runs with one seed differ in some other setting: not repeats to average.
                 "mixed_settings": len(set(seeds)) < len(seeds),
@@ -146,9 +134,12 @@ def _columns(table) -> list[tuple]:
 
 
 def column_order(key: tuple[str, float | None, str]) -> tuple:
-    """SGD, SAM, SSAM-F, SSAM-D; the paper's method before its variants; sparsity ascending."""
+    """The methods in their order of declaration (SGD, SAM, SSAM-F, SSAM-D, then any other by
+    name); each method before its variants; sparsity ascending."""
     optimizer, sparsity, variant = key
-    return METHOD_ORDER.get(optimizer, 9), variant, -1 if sparsity is None else sparsity
+    declared = list(METHODS)
+    position = declared.index(optimizer) if optimizer in declared else len(declared)
+    return position, optimizer, variant, -1 if sparsity is None else sparsity
 
 
 def has_validation(table) -> bool:
@@ -162,6 +153,7 @@ def _accuracy(values: list[float] | None) -> str:
 
 def markdown(table, unfinished: list[Path]) -> str:
     columns = _columns(table)
+    labels = method_labels(table)
     noise_differs = label_noise_differs(table)
     accuracies = [
         (FINAL_TITLE, lambda s: _accuracy(s["final"])),
@@ -180,7 +172,7 @@ def markdown(table, unfinished: list[Path]) -> str:
         lines = [
             f"**{title}**",
             "",
-            "| dataset / model | " + " | ".join(column_label(c) for c in columns) + " |",
+            "| dataset / model | " + " | ".join(column_label(c, labels) for c in columns) + " |",
             "|---|" + "---|" * len(columns),
         ]
         for key, cells in sorted(table.items()):

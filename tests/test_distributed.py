@@ -25,7 +25,7 @@ from ssam.data import missing_data_message
 from ssam.data.sampling import EpochShuffle
 from ssam.optim import SAM
 from ssam.train.loop import PERTURBATIONS, training_step
-from ssam.train.optimizers import build_optimizer
+from ssam.train.methods import build_optimizer
 
 if missing_data_message("fashion_mnist", None) is not None:
     pytest.skip("needs Fashion-MNIST", allow_module_level=True)

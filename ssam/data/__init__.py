@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import Dataset, Subset
 from torchvision.datasets import DatasetFolder
 
-from ssam.data import cifar, fashion_mnist, imagenet
+from ssam.data.catalog import DATASETS, DatasetSpec, dataset_named
 from ssam.data.errors import DataError
 from ssam.data.label_noise import NoisyLabels, noisy_labels
 from ssam.data.sampling import mixed_seed
 from ssam.data.tensor_dataset import ImageTensorDataset, images_and_labels
-from ssam.data.transforms import imagenet_transform, small_image_transform
 
 __all__ = [
     "DATASETS",
-    "IN_MEMORY_DATASETS",
     "DataError",
+    "DatasetSpec",
     "NoisyLabels",
     "Splits",
     "build_datasets",
@@ -34,10 +33,6 @@ __all__ = [
     "with_label_noise",
 ]
 
-DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
-# Held in memory as one uint8 image tensor (ImageTensorDataset), so they can go on the device
-# whole; ImageNet is read from image files one at a time.
-IN_MEMORY_DATASETS = ("fashion_mnist", "cifar10", "cifar100")
 # Subsets are drawn with this fixed seed, so that every run (any seed) sees the same examples.
 SUBSET_SEED = 0
 # The validation split is drawn with a fixed seed of its own, for the same reason.
@@ -49,34 +44,15 @@ NOISE_STREAMS = {"train": 0, "val": 1}
 
 def missing_data_message(name: str, root: str | None) -> str | None:
     """Why ``name`` cannot be read from ``root`` and how to fetch it, or None if it is there."""
-    if name == "fashion_mnist":
-        if fashion_mnist.find_fashion_mnist(root) is not None:
-            return None
-        where = ", ".join(str(p) for p in fashion_mnist.candidate_dirs(root))
-        return f"Fashion-MNIST not found in {where}: {fashion_mnist.FETCH_HINT}"
-    if name in cifar.LAYOUT:
-        folder = cifar.cifar_folder(name, root)
-        if folder.is_dir():
-            return None
-        return (
-            f"{name} not found: no folder {folder}. Fetch it with "
-            f"`python train.py dataset={name} dataset.root={root} dataset.download=true`"
-        )
-    if name == "imagenet":
-        missing = [str(imagenet.imagenet_split_dir(root, t)) for t in (True, False)]
-        missing = [m for m in missing if not Path(m).is_dir()]
-        return None if not missing else f"no folder {', '.join(missing)}. {imagenet.FETCH_HINT}"
-    raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
+    return dataset_named(name).missing(root)
 
 
 def download(name: str, root: str | None) -> None:
-    """Fetch ``name`` into ``root`` with torchvision (needs the network)."""
-    if name == "fashion_mnist":
-        fashion_mnist.download_fashion_mnist(root)
-    elif name in cifar.LAYOUT:
-        cifar.download_cifar(name, root)
-    else:
-        raise ValueError(f"{name} cannot be downloaded automatically. {imagenet.FETCH_HINT}")
+    """Fetch ``name`` into ``root`` (needs the network)."""
+    spec = dataset_named(name)
+    if spec.download is None:
+        raise ValueError(f"{name} cannot be downloaded automatically: {spec.missing(root)}")
+    spec.download(root)
 
 
 def fixed_subset(dataset: Dataset, size: int | None) -> Dataset:
@@ -159,8 +135,10 @@ def build_datasets(
     crop_padding: int = 0,
     hflip: bool = False,
     cutout: bool = False,
+    **own_settings: Any,
 ) -> Splits:
-    """Training set (augmented), test set and validation set (not augmented).
+    """Training set (augmented), test set and validation set (not augmented) of dataset ``name``
+    (``own_settings``: the settings its declaration adds, passed to its loader).
 
     In order: ``val_size`` examples of the training split are held out (``split_off_validation``),
     then ``train_size`` of the rest are kept (``fixed_subset``), so that train_size counts the
@@ -168,32 +146,17 @@ def build_datasets(
     validation set each get exactly round(label_noise·size) wrong labels (``with_label_noise``,
     from ``label_noise_seed`` on streams of their own); the test set keeps its labels. With
     val_size None and label_noise 0 the training set is exactly ``fixed_subset(split, train_size)``."""
-    message = missing_data_message(name, root)
+    spec = dataset_named(name)
+    message = spec.missing(root)
     if message is not None:
         raise FileNotFoundError(message)
     if label_noise and num_classes is None:
         raise ValueError("label noise needs num_classes")
+    augmentation = dict(crop_padding=crop_padding, hflip=hflip, cutout=cutout)
     splits = []
     for train in (True, False):
-        if name == "imagenet":
-            transform = imagenet_transform(train=train, image_size=image_size, mean=mean, std=std)
-            dataset = imagenet.load_imagenet(root, train, transform)
-        else:
-            transform = small_image_transform(
-                train=train,
-                image_size=image_size,
-                mean=mean,
-                std=std,
-                crop_padding=crop_padding,
-                hflip=hflip,
-                cutout=cutout,
-            )
-            if name == "fashion_mnist":
-                images, labels = fashion_mnist.load_fashion_mnist(fashion_mnist.find_fashion_mnist(root), train)
-            else:
-                images, labels = cifar.load_cifar(name, root, train)
-            dataset = ImageTensorDataset(images, labels, transform)
-        splits.append(dataset)
+        transform = spec.transform(train=train, image_size=image_size, mean=mean, std=std, **augmentation)
+        splits.append(spec.load(root, train, transform, **own_settings))
     train_set, test_set = splits
     val_set = None
     if val_size is not None:

@@ -1,4 +1,5 @@
-"""Model builders: plain arguments in, an ``nn.Module`` out."""
+"""Model builders: plain arguments in, an ``nn.Module`` out. The models are declared in
+ssam/models/catalog.py."""
 
 from __future__ import annotations
 
@@ -6,14 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from ssam.models.resnet import compact_resnet, resnet18
-from ssam.models.timm_models import timm_model
-from ssam.models.vgg import VGG
-from ssam.models.wide_resnet import WideResNet
+from ssam.models.catalog import MODELS, ModelSpec, model_named
 
-MODELS = ("compact_resnet", "resnet18", "wrn28_10", "resnet50", "vit_small", "vgg11_bn", "timm")
-# Built by timm from ``arch``: any of its architectures, and vit_small, a preset of one.
-TIMM_MODELS = ("timm", "vit_small")
+__all__ = ["MODELS", "ModelSpec", "build_model"]
 
 
 def build_model(
@@ -21,22 +17,8 @@ def build_model(
 ) -> nn.Module:
     """The model ``name`` for images of ``in_channels`` × ``image_size``²; ``options`` are the
     model's own settings (e.g. ``widths`` for compact_resnet; ``arch`` and timm's own, such as
-    ``patch_size``, for timm models)."""
-    if name == "compact_resnet":
-        return compact_resnet(num_classes, in_channels, **options)
-    if name == "resnet18":
-        return resnet18(num_classes, in_channels)
-    if name == "wrn28_10":
-        return WideResNet(28, 10, num_classes, in_channels, **options)
-    if name == "vgg11_bn":
-        return VGG(num_classes, in_channels)
-    if name == "resnet50":
-        import torchvision
-
-        model = torchvision.models.resnet50(num_classes=num_classes)
-        if in_channels != 3:
-            model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        return model
-    if name in TIMM_MODELS:
-        return timm_model(num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options)
-    raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
+    ``patch_size``, for timm models), the declared defaults for those not given."""
+    spec = model_named(name)
+    return spec.build(
+        num_classes=num_classes, in_channels=in_channels, image_size=image_size, **spec.with_defaults(options)
+    )

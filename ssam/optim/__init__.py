@@ -3,7 +3,7 @@
 from ssam.optim.backward_cost import BackwardCost, estimate_backward_cost
 from ssam.optim.batchnorm import frozen_batchnorm_stats
 from ssam.optim.fisher import fisher_scores
-from ssam.optim.masks import DynamicMask, FisherMask, active_count, global_topk_mask
+from ssam.optim.masks import DynamicMask, FisherMask, active_count, global_topk_mask, mask_from_scores
 from ssam.optim.sam import SAM
 from ssam.optim.ssam import SSAM
 from ssam.optim.tensor_selection import TensorSelection
@@ -20,4 +20,5 @@ __all__ = [
     "fisher_scores",
     "frozen_batchnorm_stats",
     "global_topk_mask",
+    "mask_from_scores",
 ]

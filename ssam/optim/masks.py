@@ -64,6 +64,19 @@ def global_topk_mask(scores: list[torch.Tensor], sparsity: float) -> list[torch.
     return _unflatten(keep, scores)
 
 
+def mask_from_scores(
+    scores: list[torch.Tensor], params: list[torch.Tensor], sparsity: float, selection: TensorSelection | None
+) -> list[torch.Tensor]:
+    """The mask of per-entry ``scores`` (one tensor per parameter): the N·(1−s) highest entries
+    across all tensors, or with a ``selection``, whole tensors by their reduced scores within
+    the same budget of entries."""
+    if selection is None:
+        return global_topk_mask(scores, sparsity)
+    sizes = [p.numel() for p in params]
+    budget = active_count(sum(sizes), sparsity)
+    return masks_of(selection.choose(selection.tensor_scores(scores), sizes, budget), params)
+
+
 def _check_update_freq(update_freq: int) -> None:
     if not (isinstance(update_freq, int) and update_freq >= 1):
         raise ValueError(f"update_freq must be an integer >= 1, got {update_freq!r}")
@@ -152,11 +165,7 @@ class FisherMask:
             loss_fn=self.loss_fn,
             chunk_size=self.chunk_size,
         )
-        if self.selection is None:
-            return global_topk_mask(scores, sparsity)
-        sizes = [p.numel() for p in params]
-        budget = active_count(sum(sizes), sparsity)
-        return masks_of(self.selection.choose(self.selection.tensor_scores(scores), sizes, budget), params)
+        return mask_from_scores(scores, params, sparsity, self.selection)
 
     def state_dict(self) -> dict:
         return {}

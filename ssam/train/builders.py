@@ -18,33 +18,31 @@ from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.models import build_model
 from ssam.train.distributed import SINGLE_PROCESS, MasksFromMain, Replicas
 from ssam.train.loop import StepOptions
-from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE, build_mask_strategy, build_optimizer
+from ssam.train.methods import SPARSE, build_mask_strategy, build_optimizer, method_named
 from ssam.train.precision import Precision
+
+
+def _section(cfg: DictConfig, group: str) -> dict:
+    """A group's settings (the config under ``group`` but its name), resolved."""
+    settings = OmegaConf.to_container(cfg[group], resolve=True)
+    settings.pop("name")
+    return settings
 
 
 def datasets_from_config(cfg: DictConfig, *, augment: bool = True) -> data.Splits:
     """The run's (train, test, validation) datasets; ``augment=False`` leaves out the training
-    set's random crop, flip and Cutout (for measurements that must see the same images every time)."""
-    dataset = cfg.dataset
-    if dataset.download and data.missing_data_message(dataset.name, dataset.root) is not None:
-        data.download(dataset.name, dataset.root)
-    return data.build_datasets(
-        dataset.name,
-        root=dataset.root,
-        image_size=dataset.image_size,
-        mean=list(dataset.mean),
-        std=list(dataset.std),
-        train_size=dataset.train_size,
-        test_size=dataset.test_size,
-        # Absent from the configs of runs recorded before they existed (ssam.analyze reads those).
-        val_size=dataset.get("val_size"),
-        label_noise=dataset.get("label_noise", 0.0),
-        label_noise_seed=dataset.get("label_noise_seed", 0),
-        num_classes=dataset.num_classes,
-        crop_padding=dataset.crop_padding if augment else 0,
-        hflip=dataset.hflip and augment,
-        cutout=dataset.cutout and augment,
-    )
+    set's random crop, flip and Cutout (for measurements that must see the same images every time).
+    A setting absent from the config (a run recorded before it existed, read by ssam.analyze)
+    takes its declared default."""
+    name = cfg.dataset.name
+    settings = data.dataset_named(name).with_defaults(_section(cfg, "dataset"))
+    if settings.pop("download") and data.missing_data_message(name, settings["root"]) is not None:
+        data.download(name, settings["root"])
+    settings.pop("in_channels")
+    settings.pop("on_device")
+    if not augment:
+        settings.update(crop_padding=0, hflip=False, cutout=False)
+    return data.build_datasets(name, **settings)
 
 
 def model_from_config(cfg: DictConfig) -> torch.nn.Module:
@@ -54,7 +52,7 @@ def model_from_config(cfg: DictConfig) -> torch.nn.Module:
         num_classes=cfg.dataset.num_classes,
         in_channels=cfg.dataset.in_channels,
         image_size=cfg.dataset.image_size,
-        **{key: value for key, value in OmegaConf.to_container(cfg.model).items() if key != "name"},
+        **_section(cfg, "model"),
     )
 
 
@@ -115,46 +113,14 @@ def optimizer_from_config(
 ) -> torch.optim.Optimizer:
     """The run's optimizer for ``model``, with its mask strategy for Sparse SAM (which reads
     ``train_set``); under data parallelism every process takes rank 0's masks."""
-    settings = cfg.optimizer
+    name = cfg.optimizer.name
+    settings = _section(cfg, "optimizer")
     strategy = None
-    if settings.name in SPARSE:
-        strategy = build_mask_strategy(
-            settings.name,
-            model,
-            train_set,
-            epochs=cfg.epochs,
-            seed=cfg.seed,
-            update_freq=settings.update_freq,
-            **{
-                key: settings[key]
-                for key in (
-                    "num_samples",
-                    "fisher_method",
-                    "drop_rate",
-                    "drop",
-                    "growth",
-                    "granularity",
-                    "tensor_score",
-                    "ascent_cost",
-                )
-                if key in settings
-            },
-        )
+    if method_named(name).kind is SPARSE:
+        strategy = build_mask_strategy(name, model, train_set, epochs=cfg.epochs, seed=cfg.seed, **settings)
         if replicas.world_size > 1:
             strategy = MasksFromMain(strategy, replicas)
-    sharpness = dict(rho=settings.rho, adaptive=settings.adaptive) if settings.name in SHARPNESS_AWARE else {}
-    sparse = dict(sparsity=settings.sparsity, norm=settings.norm) if settings.name in SPARSE else {}
-    return build_optimizer(
-        settings.name,
-        model,
-        lr=settings.lr,
-        momentum=settings.momentum,
-        weight_decay=settings.weight_decay,
-        nesterov=settings.nesterov,
-        mask_strategy=strategy,
-        **sharpness,
-        **sparse,
-    )
+    return build_optimizer(name, model, mask_strategy=strategy, **settings)
 
 
 def step_options_from_config(

@@ -1,5 +1,6 @@
-"""Command-line overrides checked before Hydra composes: an unknown key gets the closest
-valid names as a suggestion, where Hydra alone would only say it is not in the config."""
+"""Command-line overrides read before Hydra composes: the extensions to import (their methods,
+datasets and models are config group options), and an unknown key, which gets the closest valid
+names as a suggestion where Hydra alone would only say it is not in the config."""
 
 from __future__ import annotations
 
@@ -9,6 +10,18 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger", "experiment")
+
+
+def extensions_in(arguments: list[str]) -> list[str]:
+    """The ``extensions=[...]`` of the command line (Hydra's override syntax), or none."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for argument in arguments:
+        if argument.split("=", 1)[0].lstrip("+") != "extensions":
+            continue
+        value = OverridesParser.create().parse_override(argument).value()
+        return [value] if isinstance(value, str) else list(value)
+    return []
 
 
 def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:

@@ -1,27 +1,22 @@
 """OmegaConf resolvers used by the configs: per-optimizer defaults and run-directory names.
 
-Registered on import; train.py imports this module before Hydra composes anything.
+Registered on import, with the declared methods, datasets and models (ssam.registry); train.py
+imports this module before Hydra composes anything.
 """
 
 from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-# These optimizers have no mask: a sweep over sparsity runs them once per seed.
-IGNORE_SPARSITY = ("sgd", "sam")
+from ssam.registry import ignored_settings
+from ssam.train.methods import METHODS, SGD_KIND
 
 
 def sgd_or_sharpness_aware(optimizer: str, sgd_value, sharpness_aware_value):
-    """The paper's per-optimizer settings, e.g. weight decay 5e-4 for SGD, 1e-3 for (Sparse) SAM."""
-    return sgd_value if optimizer == "sgd" else sharpness_aware_value
-
-
-def ignored_settings(optimizer: str) -> set[str]:
-    """Top-level settings the optimizer does not use: sparsity without a mask, ρ for SGD."""
-    ignored = {"sparsity"} if optimizer in IGNORE_SPARSITY else set()
-    if optimizer == "sgd":
-        ignored.add("rho")
-    return ignored
+    """The paper's per-optimizer settings, e.g. weight decay 5e-4 for SGD, 1e-3 for (Sparse) SAM:
+    ``sgd_value`` for a method of the SGD kind."""
+    method = METHODS.get(optimizer)
+    return sgd_value if method is not None and method.kind is SGD_KIND else sharpness_aware_value
 
 
 def run_name(override_dirname: str, optimizer: str) -> str:

@@ -23,6 +23,7 @@ from ssam.data import DataError
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded, mixed_seed
 from ssam.devices import device_name
 from ssam.optim import SAM, SSAM
+from ssam.registry import ignored_settings, load_extensions
 from ssam.train.builders import (
     build_loaders,
     datasets_from_config,
@@ -39,17 +40,16 @@ from ssam.train.checkpoint import (
 )
 from ssam.train.distributed import Replicas, join_processes
 from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
+from ssam.train.methods import SPARSE, method_named, run_variant
 from ssam.train.metrics import JsonLines, format_table, read_json, write_json
-from ssam.train.optimizers import SHARPNESS_AWARE, SPARSE
 from ssam.train.precision import Precision
-from ssam.train.resolvers import IGNORE_SPARSITY, ignored_settings
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
 from ssam.train.schedulers import build_scheduler, fast_forward
 from ssam.train.validate import ConfigError, validate_config
 from ssam.train.wandb_sink import WandbSink
 
 # Settings that may change between a run and its resumption: they do not change the numbers.
-RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name")
+RESUMABLE_UNDER_OTHER = ("trainer", "resume", "device", "logger", "experiment_name", "extensions")
 # The trainer settings that do change them (other kernels, other rounding).
 NUMERIC_TRAINER_SETTINGS = ("amp", "channels_last", "compile", "sync_batchnorm", "accumulate_steps")
 
@@ -66,9 +66,13 @@ def _layer_densities(model: torch.nn.Module, optimizer: SSAM) -> dict[str, float
     return {names[id(p)]: m.float().mean().item() for p, m in zip(optimizer.params, optimizer.masks)}
 
 
+def _sparse(cfg: DictConfig) -> bool:
+    return method_named(cfg.optimizer.name).kind is SPARSE
+
+
 def setting_tags(cfg: DictConfig) -> list[str]:
     tags = [cfg.optimizer.name, cfg.dataset.name, cfg.model.name]
-    if cfg.optimizer.name in SPARSE:
+    if _sparse(cfg):
         tags.append(f"sparsity={cfg.optimizer.sparsity}")
     return tags
 
@@ -77,7 +81,7 @@ def setting_name(cfg: DictConfig) -> str:
     """The setting without the seed, e.g. ``fmnist_cpu/ssam_f/sparsity=0.5``: the wandb group
     that gathers a sweep's seeds, as a table row does."""
     parts = [cfg.experiment_name, cfg.dataset.name, cfg.model.name, cfg.optimizer.name]
-    if cfg.optimizer.name in SPARSE:
+    if _sparse(cfg):
         parts.append(f"sparsity={cfg.optimizer.sparsity}")
     return "/".join(parts)
 
@@ -160,7 +164,7 @@ def _resume(
     if history["epoch"] >= cfg.epochs:
         shared = (
             f" ({cfg.optimizer.name} ignores sparsity: sweep jobs that differ only in sparsity share this run)"
-            if cfg.optimizer.name in IGNORE_SPARSITY
+            if "sparsity" in ignored_settings(cfg.optimizer.name)
             else ""
         )
         print(f"{run_dir} is already finished; not training again{shared}")
@@ -211,15 +215,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train and evaluate as ``cfg`` says, recording into ``run_dir``; returns the summary.
 
     Under torchrun every process runs this; rank 0 alone touches ``run_dir`` and the console."""
+    load_extensions(cfg.extensions)
     validate_config(cfg)
     run_dir = Path(run_dir)
     replicas = join_processes(cfg.device)
     with replicas.console(), ExitStack() as lock:
-        if (
-            cfg.optimizer.name in SPARSE
-            and cfg.optimizer.granularity == "tensor"
-            and cfg.optimizer.norm == "full"
-        ):
+        if _sparse(cfg) and cfg.optimizer.granularity == "tensor" and cfg.optimizer.norm == "full":
             print(
                 "note: optimizer.norm=full divides ρ by the norm of every weight's gradient, so the "
                 "ascent still computes them all and granularity=tensor saves no time; "
@@ -522,16 +523,20 @@ class _Training:
         """summary.json: the results, the settings that shaped them, and where they ran."""
         cfg, history, device = self.cfg, self.history, self.replicas.device
         optimizer = self.parts.optimizer
+        method = method_named(cfg.optimizer.name)
+        settings = OmegaConf.to_container(cfg.optimizer, resolve=True)
         summary = {
             "final_test_acc": history["final_test_acc"],
             "best_test_acc": history["best_test_acc"],
             "epochs": cfg.epochs,
-            "optimizer": cfg.optimizer.name,
+            "optimizer": method.name,
+            "optimizer_label": method.label,
             "dataset": cfg.dataset.name,
             "model": cfg.model.name,
             "model_arch": cfg.model.get("arch"),  # timm models: the architecture
-            "sparsity": cfg.optimizer.sparsity if cfg.optimizer.name in SPARSE else None,
-            "rho": cfg.optimizer.rho if cfg.optimizer.name in SHARPNESS_AWARE else None,
+            # None for a method that does not read them, as SGD ρ.
+            "sparsity": settings["sparsity"] if "sparsity" in method.settings else None,
+            "rho": settings["rho"] if "rho" in method.settings else None,
             "amp": cfg.trainer.amp,
             "accumulate_steps": cfg.trainer.accumulate_steps,
             "seed": cfg.seed,
@@ -549,22 +554,12 @@ class _Training:
             "label_noise_changed": self.parts.label_noise_changed,
             "val_size": cfg.dataset.val_size,
             **{key: history[key] for key in BEST_VAL_KEYS if key in history},
+            **method.recorded(settings),
         }
-        if cfg.optimizer.name in SHARPNESS_AWARE:
-            summary["ascent_fraction"] = cfg.optimizer.ascent_fraction
-            summary["perturbation"] = cfg.optimizer.perturbation
-            summary["sam_from"] = cfg.optimizer.sam_from
-            summary["m"] = cfg.optimizer.m
         if self.parts.sparse:
-            summary["granularity"] = cfg.optimizer.granularity
-            summary["norm"] = cfg.optimizer.norm
-            if cfg.optimizer.granularity == "tensor":
-                summary["tensor_score"] = cfg.optimizer.tensor_score
-                summary["ascent_cost"] = cfg.optimizer.ascent_cost
-            if cfg.optimizer.name == "ssam_d":
-                summary["drop_rate"] = cfg.optimizer.drop_rate
             summary["mask_density"] = optimizer.mask_density()
             summary["mask_update_time_s"] = optimizer.mask_update_time_s
+        summary["variant"] = run_variant(summary)
         return summary
 
 
