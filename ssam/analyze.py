@@ -31,8 +31,9 @@ from ssam.analysis.landscape import filter_normalized_direction, interpolation_l
 from ssam.analysis.loss import Batches, fixed_batches, mean_loss
 from ssam.analysis.mask_maps import read_mask_history
 from ssam.analysis.sharpness import ascent_sharpness, random_sharpness
-from ssam.data import DataError
+from ssam.data import DataError, dataset_named
 from ssam.devices import device_name, resolve_device
+from ssam.registry import load_extensions
 from ssam.train.builders import datasets_from_config, model_from_config
 from ssam.train.checkpoint import CheckpointError, load_checkpoint
 from ssam.train.metrics import write_json
@@ -109,13 +110,16 @@ def requested_analyses(cfg: DictConfig) -> list[str]:
 
 
 def load_run_config(run_dir: Path) -> DictConfig:
+    """The run's config, with the extensions it names imported (their datasets and models)."""
     path = run_dir / ".hydra" / "config.yaml"
     if not path.is_file():
         raise ConfigError(
             f"{path} not found: the analysis rebuilds the model and data from the config that "
             "train.py writes there, so the checkpoint must stay in its run directory"
         )
-    return OmegaConf.load(path)
+    run_config = OmegaConf.load(path)
+    load_extensions(run_config.get("extensions", []))  # absent from runs recorded before extensions
+    return run_config
 
 
 def load_model(run_config: DictConfig, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
@@ -131,10 +135,11 @@ def load_model(run_config: DictConfig, state: dict[str, torch.Tensor], device: t
 
 
 def analysis_batches(run_config: DictConfig, *, split: str, batches: int, batch_size: int) -> Batches:
-    if split == "train" and run_config.dataset.name == "imagenet":
+    name = run_config.dataset.name
+    if split == "train" and dataset_named(name).always_augmented:
         raise ConfigError(
-            "data.split=train needs the training images without augmentation, which imagenet's "
-            "training transform (a random resized crop) cannot give; use data.split=test"
+            f"data.split=train needs the training images without augmentation, which {name}'s "
+            "training transform (a random resized crop, say) cannot give; use data.split=test"
         )
     train_set, test_set, _ = datasets_from_config(run_config, augment=False)
     dataset = train_set if split == "train" else test_set

@@ -12,6 +12,7 @@ from helpers import batches, small_conv_net
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
+from ssam.analyze import analysis_batches
 from ssam.data.catalog import DATASETS, DatasetSpec
 from ssam.models.catalog import MODELS
 from ssam.optim import SAM
@@ -162,3 +163,9 @@ def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
     settings = flavour.with_defaults({"lr": 0.1, "weight_decay": 0.0, "rho": 0.05})
     optimizer = flavour.build(list(small_conv_net().parameters()), settings, None)
     assert type(optimizer) is SAM and optimizer.param_groups[0]["rho"] == 0.1
+
+
+def test_an_analysis_refuses_the_training_images_of_a_dataset_that_always_augments_them():
+    cfg = compose_with(["dataset=imagenet"])
+    with pytest.raises(ConfigError, match="data.split=train needs the training images without augmentation"):
+        analysis_batches(cfg, split="train", batches=1, batch_size=1)

@@ -24,6 +24,7 @@ __all__ = [
     "Splits",
     "build_datasets",
     "changed_label_fraction",
+    "dataset_named",
     "download",
     "fixed_subset",
     "images_and_labels",

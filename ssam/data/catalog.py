@@ -88,6 +88,9 @@ class DatasetSpec:
     # load returns an ImageTensorDataset (all images in one tensor): it can go on the device whole.
     in_memory: bool = False
     transform: TransformBuilder = small_image_transform
+    # Its training transform augments whatever crop_padding, hflip and cutout say (ImageNet's
+    # random resized crop), so an analysis cannot read its training images as they are.
+    always_augmented: bool = False
     own_settings: Mapping[str, Setting] = field(default_factory=dict)  # passed to load
 
     def __post_init__(self) -> None:
@@ -194,6 +197,7 @@ IMAGENET = DatasetSpec(
     load=imagenet.load_imagenet,
     missing=_imagenet_missing,
     transform=_imagenet_transform,
+    always_augmented=True,
 )
 
 DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, CIFAR10, CIFAR100, IMAGENET)}
