@@ -8,9 +8,9 @@ its declared settings with their defaults. Importing this module declares the bu
 Hydra; train.py, the tests and the scripts import it before composing a config.
 
     from ssam.registry import register
-    from ssam.train.methods import SPARSE, Method
+    from ssam.train.methods import SPARSE, MethodSpec
 
-    register(Method("magnitude", "Magnitude", SPARSE, "perturb the largest |w|", mask=...))
+    register(MethodSpec("magnitude", "Magnitude", SPARSE, "perturb the largest |w|", mask=...))
 
 docs/extending.md walks through a method and a dataset.
 """
@@ -29,12 +29,12 @@ from hydra.core.config_store import ConfigStore
 from ssam.data.catalog import DATASETS, DatasetSpec
 from ssam.models.catalog import MODELS, ModelSpec
 from ssam.train.errors import ConfigError
-from ssam.train.methods import METHODS, Method
+from ssam.train.methods import METHODS, MethodSpec
 
-Declaration = Method | DatasetSpec | ModelSpec
+Declaration = MethodSpec | DatasetSpec | ModelSpec
 # Each kind of declaration: its config group and its table.
 _GROUPS: dict[type, tuple[str, dict[str, Any]]] = {
-    Method: ("optimizer", METHODS),
+    MethodSpec: ("optimizer", METHODS),
     DatasetSpec: ("dataset", DATASETS),
     ModelSpec: ("model", MODELS),
 }
@@ -55,7 +55,7 @@ def register(declaration: Declaration) -> Declaration:
     option ``<group>=<name>`` to Hydra. A name already declared is refused."""
     if type(declaration) not in _GROUPS:
         raise TypeError(
-            f"register takes a Method, DatasetSpec or ModelSpec, got {type(declaration).__name__}"
+            f"register takes a MethodSpec, DatasetSpec or ModelSpec, got {type(declaration).__name__}"
         )
     group, table = _GROUPS[type(declaration)]
     if declaration.name in table:
@@ -110,7 +110,7 @@ def ignored_settings(optimizer: str) -> set[str]:
     """Top-level settings the optimizer does not read, such as sparsity for SAM and ρ for SGD:
     those some declared method reads but this one does not."""
 
-    def read(method: Method) -> set[str]:
+    def read(method: MethodSpec) -> set[str]:
         return {setting.reads for setting in method.settings.values() if setting.reads}
 
     if optimizer not in METHODS:

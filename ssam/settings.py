@@ -95,13 +95,14 @@ REQUIRED = object()
 @dataclass(frozen=True)
 class Setting:
     """One key of a group's config: its default (a value, or ``${key}`` to read a top-level
-    setting), its check, and one line saying what it does. ``variant``: a value other than the
-    default makes a run another method, which tables show in a column of its own."""
+    setting), its check, and one line saying what it does. A ``variant`` setting makes a run with
+    another value than the default another method, which tables show in a column of its own,
+    named by this format of ``key`` and ``value`` (e.g. "{key}={value}"); "" for none."""
 
     default: Any
     check: Check
     help: str
-    variant: bool = False
+    variant: str = ""
 
     @property
     def reads(self) -> str | None:

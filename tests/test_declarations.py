@@ -25,7 +25,7 @@ from ssam.train.methods import (
     METHODS,
     SHARPNESS_AWARE,
     SPARSE,
-    Method,
+    MethodSpec,
     base_sgd_options,
     build_mask_strategy,
     build_optimizer,
@@ -129,9 +129,9 @@ def test_timm_models_take_keys_beyond_their_declared_ones():
 
 def test_a_declaration_is_checked_when_it_is_made():
     with pytest.raises(ValueError, match="a Sparse SAM method, and only one, declares its mask"):
-        Method("no_mask", "No mask", SPARSE, "a Sparse SAM method without a mask")
+        MethodSpec("no_mask", "No mask", SPARSE, "a Sparse SAM method without a mask")
     with pytest.raises(ValueError, match="declares rho, which its kind declares"):
-        Method("twice", "Twice", SPARSE, "", own_settings={"rho": Setting(0.1, BOOLEAN, "")}, mask=print)
+        MethodSpec("twice", "Twice", SPARSE, "", own_settings={"rho": Setting(0.1, BOOLEAN, "")}, mask=print)
     with pytest.raises(ValueError, match="defaults must give num_classes"):
         DatasetSpec("shapeless", "", defaults={}, load=print, missing=print)
 
@@ -149,8 +149,16 @@ def test_the_command_line_s_extensions_are_read_before_hydra_composes(arguments,
     assert extensions_in(arguments) == extensions
 
 
+@pytest.mark.parametrize("argument", ["extensions=a.py,b.py", "extensions=null"])
+def test_extensions_that_are_no_list_are_refused_with_the_form_to_use(argument):
+    with pytest.raises(
+        ConfigError, match=r"extensions must be a list of files or modules, e.g. extensions=\[a.py,b.py\]"
+    ):
+        extensions_in([argument])
+
+
 def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
-    flavour = Method(
+    flavour = MethodSpec(
         "scaled_sam",
         "Scaled SAM",
         SHARPNESS_AWARE,

@@ -1,8 +1,8 @@
-"""The optimizers of ``optimizer=<name>``, each declared once as a ``Method``.
+"""The optimizers of ``optimizer=<name>``, each declared once as a ``MethodSpec``.
 
 A method is of one of three kinds, and its kind brings the settings, checks, optimizer and
 records that every method of the kind shares:
-- ``SGD``: one forward-backward per step;
+- ``SGD_KIND``: one forward-backward per step;
 - ``SHARPNESS_AWARE``: SAM's two passes, the descent gradient taken at w + ε;
 - ``SPARSE``: Sparse SAM, whose ε is masked; the method says how its mask is chosen.
 A method adds its label, its own settings and checks and, for Sparse SAM, the mask strategy.
@@ -77,7 +77,7 @@ class Kind:
 
 
 @dataclass(frozen=True)
-class Method:
+class MethodSpec:
     """One ``optimizer=<name>``."""
 
     name: str
@@ -177,6 +177,11 @@ def _check_sharpness_aware(cfg: DictConfig) -> None:
         )
 
 
+def sam_options(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """SAM's keyword arguments (ρ, adaptive, and the base SGD's), from a method's settings."""
+    return {"rho": settings["rho"], "adaptive": settings["adaptive"], **base_sgd_options(settings)}
+
+
 def _sharpness_aware_records(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {key: settings[key] for key in ("ascent_fraction", "perturbation", "sam_from", "m", "adaptive")}
 
@@ -221,13 +226,7 @@ SHARPNESS_AWARE_SETTINGS = {
 SHARPNESS_AWARE = Kind(
     name="sharpness-aware",
     settings=SHARPNESS_AWARE_SETTINGS,
-    optimizer=lambda params, settings, _: SAM(
-        params,
-        torch.optim.SGD,
-        rho=settings["rho"],
-        adaptive=settings["adaptive"],
-        **base_sgd_options(settings),
-    ),
+    optimizer=lambda params, settings, _: SAM(params, torch.optim.SGD, **sam_options(settings)),
     check=_check_sharpness_aware,
     records=_sharpness_aware_records,
 )
@@ -289,12 +288,10 @@ SPARSE = Kind(
     optimizer=lambda params, settings, mask: SSAM(
         params,
         torch.optim.SGD,
-        rho=settings["rho"],
-        adaptive=settings["adaptive"],
         sparsity=settings["sparsity"],
         norm=settings["norm"],
         mask_strategy=mask,
-        **base_sgd_options(settings),
+        **sam_options(settings),
     ),
     check=_check_sharpness_aware,
     records=_sparse_records,
@@ -328,13 +325,13 @@ def _check_fisher_samples(cfg: DictConfig) -> None:
         )
 
 
-SGD_METHOD = Method("sgd", "SGD", SGD_KIND, "SGD with momentum; weight decay inside the optimizer")
+SGD_METHOD = MethodSpec("sgd", "SGD", SGD_KIND, "SGD with momentum; weight decay inside the optimizer")
 
-SAM_METHOD = Method(
+SAM_METHOD = MethodSpec(
     "sam", "SAM", SHARPNESS_AWARE, "SAM (Foret et al., 2021) over SGD: two forward-backward passes per step"
 )
 
-SSAM_F_METHOD = Method(
+SSAM_F_METHOD = MethodSpec(
     "ssam_f",
     "SSAM-F",
     SPARSE,
@@ -359,7 +356,7 @@ SSAM_F_METHOD = Method(
     checks=(_check_fisher_samples,),
 )
 
-SSAM_D_METHOD = Method(
+SSAM_D_METHOD = MethodSpec(
     "ssam_d",
     "SSAM-D",
     SPARSE,
@@ -383,7 +380,7 @@ SSAM_D_METHOD = Method(
     records=("drop_rate",),
 )
 
-METHODS: dict[str, Method] = {
+METHODS: dict[str, MethodSpec] = {
     method.name: method for method in (SGD_METHOD, SAM_METHOD, SSAM_F_METHOD, SSAM_D_METHOD)
 }
 
@@ -399,7 +396,7 @@ def run_variant(summary: Mapping[str, Any]) -> str:
     return ", ".join(part for part in parts if part)
 
 
-def method_named(name: str) -> Method:
+def method_named(name: str) -> MethodSpec:
     if name not in METHODS:
         raise ConfigError(f"optimizer must be one of {', '.join(METHODS)}, got {name!r}")
     return METHODS[name]
@@ -426,7 +423,7 @@ def build_mask_strategy(
 def build_optimizer(
     name: str, model: torch.nn.Module, *, mask_strategy: MaskStrategy | None = None, **settings: Any
 ) -> torch.optim.Optimizer:
-    """Method ``name``'s optimizer over the model's trainable parameters: SGD, or SGD as the base
+    """MethodSpec ``name``'s optimizer over the model's trainable parameters: SGD, or SGD as the base
     optimizer of SAM / Sparse SAM. ``settings`` are the method's (optimizer.<key>); those that
     read a top-level setting (lr, weight_decay, rho, sparsity) must be given, the others default
     as declared."""

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ssam.train.errors import ConfigError
+
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger", "experiment")
 
 
@@ -20,7 +22,13 @@ def extensions_in(arguments: list[str]) -> list[str]:
         if argument.split("=", 1)[0].lstrip("+") != "extensions":
             continue
         value = OverridesParser.create().parse_override(argument).value()
-        return [value] if isinstance(value, str) else list(value)
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, list):
+            raise ConfigError(
+                f"extensions must be a list of files or modules, e.g. extensions=[a.py,b.py]: {argument}"
+            )
+        return value
     return []
 
 

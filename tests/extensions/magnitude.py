@@ -6,7 +6,7 @@ python train.py extensions=[tests/extensions/magnitude.py] optimizer=magnitude s
 from ssam.optim import mask_from_scores
 from ssam.registry import register
 from ssam.settings import BOOLEAN, Setting
-from ssam.train.methods import KEY_EQUALS_VALUE, SPARSE, Method
+from ssam.train.methods import KEY_EQUALS_VALUE, SPARSE, MethodSpec
 
 
 class MagnitudeMask:
@@ -33,7 +33,7 @@ class MagnitudeMask:
 
 
 register(
-    Method(
+    MethodSpec(
         "magnitude",
         "Magnitude",
         SPARSE,
