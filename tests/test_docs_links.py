@@ -29,3 +29,7 @@ def test_every_relative_link_reaches_a_file_and_heading(page):
         assert path.exists(), f"{page.name}: {link} points to a missing file"
         if anchor and path.suffix == ".md":
             assert anchor in anchors(path), f"{page.name}: {link} points to a missing heading"
+
+
+def test_the_readme_stays_short_enough_to_read_first():
+    assert len((REPO / "README.md").read_text().splitlines()) <= 250
