@@ -29,9 +29,9 @@ if missing_data_message("fashion_mnist", None) is not None:
 
 # 8 steps per epoch, 2 epochs, a checkpoint after every step.
 TINY = [
-    "dataset.train_size=512",
-    "dataset.test_size=256",
-    "batch_size=64",
+    "dataset.train_size=256",
+    "dataset.test_size=128",
+    "batch_size=32",
     "epochs=2",
     "trainer.checkpoint_every_steps=1",
 ]

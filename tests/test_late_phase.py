@@ -15,7 +15,7 @@ needs_data = pytest.mark.skipif(
     missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST"
 )
 # 8 steps per epoch, 2 epochs: sam_from=0.5 makes epoch 1 plain and epoch 2 sharpness-aware.
-TINY = ["dataset.train_size=512", "dataset.test_size=256", "batch_size=64", "epochs=2"]
+TINY = ["dataset.train_size=256", "dataset.test_size=128", "batch_size=32", "epochs=2"]
 
 
 def test_a_plain_step_of_sam_is_an_sgd_step_bit_for_bit():

@@ -37,8 +37,6 @@ if MISSING is not None:
 
 # Small enough for a few seconds per epoch on a 2-core CPU, large enough to beat chance clearly.
 SMALL = ["dataset.train_size=1024", "dataset.test_size=512", "batch_size=64"]
-# Long enough epochs that a kill after the first epoch's checkpoint lands inside the second.
-RESUME = ["dataset.train_size=2048", "dataset.test_size=512", "batch_size=64", "epochs=2"]
 SPARSE = {
     "ssam_f": ["optimizer=ssam_f", "epochs=1", "sparsity=0.5", "optimizer.num_samples=16"],
     "ssam_d": ["optimizer=ssam_d", "epochs=2", "sparsity=0.5", "optimizer.update_freq=1"],
@@ -268,20 +266,21 @@ def _train_and_kill_after_first_epoch(run_dir: Path, overrides: list[str]) -> in
     return process.returncode
 
 
+# The runs a kill interrupts: those of the module's other tests, so that their finished runs
+# are the uninterrupted references.
+RESUMED_RUNS = {"sgd": SGD_RUN[1], "ssam_d": [*SMALL, *SPARSE["ssam_d"]]}
+
+
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory):
+def resumed(trained, tmp_path_factory):
     """``resumed(optimizer)``: (uninterrupted run, killed-and-resumed run, resume output)."""
     runs = {}
 
     def get(optimizer: str):
         if optimizer not in runs:
-            root = tmp_path_factory.mktemp(f"resume_{optimizer}")
-            overrides = [*RESUME, f"optimizer={optimizer}"]
-            if optimizer == "ssam_d":
-                overrides.append("optimizer.update_freq=1")
-            straight = root / "straight"
-            train_ok(straight, overrides)
-            interrupted = root / "interrupted"
+            overrides = RESUMED_RUNS[optimizer]
+            straight, _ = trained(optimizer, overrides)
+            interrupted = tmp_path_factory.mktemp(f"resume_{optimizer}") / "interrupted"
             returncode = _train_and_kill_after_first_epoch(interrupted, overrides)
             assert returncode == -signal.SIGKILL, (interrupted.parent / "interrupted.out").read_text()
             assert (interrupted / "last.pt").exists()
