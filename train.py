@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers and declared groups)
 from ssam.data import DataError
-from ssam.registry import load_extensions
+from ssam.extensions import load_extensions
 from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
 from ssam.train.distributed import hydra_overrides_for_this_process
 from ssam.train.overrides import extensions_in, unknown_key_message
@@ -42,9 +42,10 @@ def main(cfg: DictConfig) -> float:
 def _check_command_line(arguments: list[str]) -> None:
     """Import the extensions named on the command line, so that Hydra finds their options,
     and refuse an unknown key (exit code 2)."""
+    config_dir = Path(__file__).resolve().parent / "configs"
     try:
-        load_extensions(extensions_in(arguments))
-        message = unknown_key_message(arguments, Path(__file__).resolve().parent / "configs")
+        load_extensions(extensions_in(arguments, config_dir))
+        message = unknown_key_message(arguments, config_dir)
     except ConfigError as error:
         message = str(error)
     if message is not None:

@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+from ssam.data.catalog import DATASETS
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name
 from ssam.train.builders import build_loaders, datasets_from_config
@@ -55,9 +56,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--dataset", default="fashion_mnist", choices=["fashion_mnist", "cifar10", "cifar100"]
-    )
+    in_memory = [name for name, spec in DATASETS.items() if spec.in_memory]  # those the device loader takes
+    parser.add_argument("--dataset", default="fashion_mnist", choices=in_memory)
     parser.add_argument("--root", help="the dataset's folder (default: the config's dataset.root)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--batches", type=int, default=300, help="batches per timed pass")

@@ -27,7 +27,7 @@ import torch
 from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.train.loop import training_step
-from ssam.train.methods import build_mask_strategy, build_optimizer
+from ssam.train.methods import build_mask_strategy, build_optimizer, method_named
 from ssam.train.run import peak_memory_mb
 
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
@@ -48,12 +48,13 @@ def measure(args: argparse.Namespace) -> dict:
     )
     inputs = torch.randn(args.batch_size, CHANNELS, IMAGE_SIZE, IMAGE_SIZE, device=device)
     targets = torch.randint(0, CLASSES, (args.batch_size,), device=device)
+    method = method_named(args.optimizer)
     settings = dict(lr=0.01, weight_decay=0.0)
-    if args.optimizer != "sgd":
+    if "rho" in method.settings:
         settings["rho"] = 0.05
-    if args.optimizer in ("ssam_f", "ssam_d"):
+    if method.sparse:
         examples = torch.utils.data.TensorDataset(inputs.cpu(), targets.cpu())
-        fisher = {"num_samples": 16} if args.optimizer == "ssam_f" else {}
+        fisher = {"num_samples": 16} if "num_samples" in method.settings else {}
         mask = build_mask_strategy(args.optimizer, model, examples, epochs=1, seed=0, **fisher)
         settings.update(sparsity=0.5, mask_strategy=mask)
     optimizer = build_optimizer(args.optimizer, model, **settings)

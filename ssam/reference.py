@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ssam.data.catalog import DATASET_SETTINGS, DATASETS
+from ssam.extensions import load_extensions
 from ssam.models.catalog import MODELS
-from ssam.registry import load_extensions
 from ssam.settings import REQUIRED, Setting
 from ssam.train.methods import METHODS
 
@@ -111,8 +111,10 @@ def settings_reference() -> str:
         "",
         *_table(["option", "what it is"], models),
         "",
-        "Each model's classes, input channels and image size come from the dataset; `timm` and "
-        "`vit_small` also pass any other key (`+model.<key>=<value>`) to `timm.create_model`.",
+        "Each model's classes, input channels and image size come from the dataset. Models that "
+        "pass any other key (`+model.<key>=<value>`) on to their builder: "
+        + ", ".join(f"`{name}`" for name, spec in MODELS.items() if spec.accepts_more)
+        + ".",
         "",
         *_settings_table(MODELS, "model"),
         "",

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ssam.train.errors import ConfigError
+from ssam.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def is_int(value: Any) -> bool:
@@ -97,12 +99,14 @@ class Setting:
     """One key of a group's config: its default (a value, or ``${key}`` to read a top-level
     setting), its check, and one line saying what it does. A ``variant`` setting makes a run with
     another value than the default another method, which tables show in a column of its own,
-    named by this format of ``key`` and ``value`` (e.g. "{key}={value}"); "" for none."""
+    named by this format of ``key`` and ``value`` (e.g. "{key}={value}"); "" for none. A setting
+    ``alike_on_one_process`` changes nothing without data parallelism (so is no variant there)."""
 
     default: Any
     check: Check
     help: str
     variant: str = ""
+    alike_on_one_process: bool = False
 
     @property
     def reads(self) -> str | None:
@@ -111,6 +115,13 @@ class Setting:
         if isinstance(default, str) and default.startswith("${") and default.endswith("}"):
             return default[2:-1]
         return None
+
+
+def named(options: Mapping[str, T], name: str, *, group: str) -> T:
+    """The option ``name`` of a config group, or an error listing the group's options."""
+    if name not in options:
+        raise ConfigError(f"{group} must be one of {', '.join(options)}, got {name!r}")
+    return options[name]
 
 
 def with_defaults(

@@ -13,24 +13,18 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf, open_dict
 
 from ssam.analyze import analysis_batches
+from ssam.data import build_datasets
 from ssam.data.catalog import DATASETS, DatasetSpec
+from ssam.data.tensor_dataset import ImageTensorDataset
+from ssam.errors import ConfigError
+from ssam.extensions import load_extensions
 from ssam.models.catalog import MODELS
 from ssam.optim import SAM
 from ssam.reference import with_reference
-from ssam.registry import ignored_settings
-from ssam.settings import BOOLEAN, Setting, above, check_section
-from ssam.train.errors import ConfigError
+from ssam.settings import ANY, BOOLEAN, POSITIVE_INT, Setting, above, check_section
+from ssam.train.kinds import SGD, SHARPNESS_AWARE, SPARSE, MethodSpec, sam_options
 from ssam.train.loop import training_step
-from ssam.train.methods import (
-    METHODS,
-    SHARPNESS_AWARE,
-    SPARSE,
-    MethodSpec,
-    base_sgd_options,
-    build_mask_strategy,
-    build_optimizer,
-    run_variant,
-)
+from ssam.train.methods import METHODS, build_mask_strategy, build_optimizer, ignored_settings, run_variant
 from ssam.train.overrides import extensions_in
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +87,10 @@ def test_build_optimizer_needs_the_settings_that_read_top_level_ones_and_default
     [
         ({"optimizer": "ssam_f", "granularity": "element", "norm": "full"}, ""),
         ({"optimizer": "ssam_f", "granularity": "tensor", "norm": "masked"}, "tensor, masked norm"),
+        (
+            {"optimizer": "ssam_f", "granularity": "tensor", "norm": "masked", "ascent_fraction": 0.25},
+            "tensor, masked norm, ascent_fraction=0.25",
+        ),
         ({"optimizer": "sam", "sam_from": 0.5, "m": None, "amp": "bf16"}, "sam_from=0.5, amp=bf16"),
         ({"optimizer": "sam", "perturbation": "local"}, ""),
         ({"optimizer": "sam", "perturbation": "local", "world_size": 2}, "perturbation=local"),
@@ -130,10 +128,18 @@ def test_timm_models_take_keys_beyond_their_declared_ones():
 def test_a_declaration_is_checked_when_it_is_made():
     with pytest.raises(ValueError, match="a Sparse SAM method, and only one, declares its mask"):
         MethodSpec("no_mask", "No mask", SPARSE, "a Sparse SAM method without a mask")
-    with pytest.raises(ValueError, match="declares rho, which its kind declares"):
+    with pytest.raises(ValueError, match="declares rho: a name its kind's settings or name, epochs, seed"):
         MethodSpec("twice", "Twice", SPARSE, "", own_settings={"rho": Setting(0.1, BOOLEAN, "")}, mask=print)
+    with pytest.raises(ValueError, match="declares seed: a name its kind's settings or name, epochs, seed"):
+        MethodSpec("seeded", "Seeded", SPARSE, "", own_settings={"seed": Setting(1, BOOLEAN, "")}, mask=print)
     with pytest.raises(ValueError, match="defaults must give num_classes"):
         DatasetSpec("shapeless", "", defaults={}, load=print, missing=print)
+    shape = dict(num_classes=2, in_channels=1, image_size=4, mean=[0.5], std=[0.5])
+    with pytest.raises(
+        ValueError, match="declares hflip, transform: a name every dataset's settings or name"
+    ):
+        own = {"hflip": Setting(True, BOOLEAN, ""), "transform": Setting(True, BOOLEAN, "")}
+        DatasetSpec("twice", "", defaults=shape, load=print, missing=print, own_settings=own)
 
 
 @pytest.mark.parametrize(
@@ -141,20 +147,31 @@ def test_a_declaration_is_checked_when_it_is_made():
     [
         (["optimizer=sam"], []),
         (["extensions=[a.py,pkg.module]", "seed=1"], ["a.py", "pkg.module"]),
-        (["extensions=a.py"], ["a.py"]),
         (["+extensions=[a.py]"], ["a.py"]),
     ],
 )
 def test_the_command_line_s_extensions_are_read_before_hydra_composes(arguments, extensions):
-    assert extensions_in(arguments) == extensions
+    assert extensions_in(arguments, REPO / "configs") == extensions
 
 
-@pytest.mark.parametrize("argument", ["extensions=a.py,b.py", "extensions=null"])
+def test_without_extensions_on_the_command_line_the_primary_config_s_are_read(tmp_path):
+    (tmp_path / "train.yaml").write_text("seed: 0\nextensions: [my_mask.py]\n")
+    assert extensions_in(["seed=1"], tmp_path) == ["my_mask.py"]
+    assert extensions_in(["extensions=[]"], tmp_path) == []
+
+
+@pytest.mark.parametrize("argument", ["extensions=a.py", "extensions=a.py,b.py", "extensions=null"])
 def test_extensions_that_are_no_list_are_refused_with_the_form_to_use(argument):
     with pytest.raises(
-        ConfigError, match=r"extensions must be a list of files or modules, e.g. extensions=\[a.py,b.py\]"
+        ConfigError, match=r"extensions must be a list of Python files or modules, e.g. extensions=\["
     ):
-        extensions_in([argument])
+        extensions_in([argument], REPO / "configs")
+
+
+@pytest.mark.parametrize("extensions", ["a.py", [""], [None]])
+def test_load_extensions_takes_a_list_of_names(extensions):
+    with pytest.raises(ConfigError, match="extensions must be a list of Python files or modules"):
+        load_extensions(extensions)
 
 
 def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
@@ -165,7 +182,7 @@ def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
         "SAM with its radius scaled",
         own_settings={"scale": Setting(2.0, above(0), "ρ is multiplied by this")},
         optimizer=lambda params, settings, _: SAM(
-            params, torch.optim.SGD, rho=settings["rho"] * settings["scale"], **base_sgd_options(settings)
+            params, torch.optim.SGD, **{**sam_options(settings), "rho": settings["rho"] * settings["scale"]}
         ),
     )
     settings = flavour.with_defaults({"lr": 0.1, "weight_decay": 0.0, "rho": 0.05})
@@ -177,3 +194,38 @@ def test_an_analysis_refuses_the_training_images_of_a_dataset_that_always_augmen
     cfg = compose_with(["dataset=imagenet"])
     with pytest.raises(ConfigError, match="data.split=train needs the training images without augmentation"):
         analysis_batches(cfg, split="train", batches=1, batch_size=1)
+
+
+def test_a_top_level_setting_that_only_the_trainer_reads_is_never_ignored(monkeypatch):
+    paced = MethodSpec(
+        "paced",
+        "Paced",
+        SGD,
+        "SGD with a setting read from epochs",
+        own_settings={"span": Setting("${epochs}", ANY, "")},
+    )
+    monkeypatch.setitem(METHODS, "paced", paced)
+    assert ignored_settings("paced") == ignored_settings("sgd") == {"rho", "sparsity"}
+
+
+def test_a_dataset_s_own_settings_reach_its_loader_with_their_defaults(monkeypatch):
+    seen = {}
+
+    def load(root, train, transform, *, copies):
+        seen["copies"] = copies
+        images = torch.zeros(4 * copies, 1, 4, 4, dtype=torch.uint8)
+        return ImageTensorDataset(images, torch.zeros(4 * copies, dtype=torch.long), transform)
+
+    tiny = DatasetSpec(
+        "tiny",
+        "four blank images, copied",
+        defaults=dict(num_classes=2, in_channels=1, image_size=4, mean=[0.5], std=[0.5]),
+        load=load,
+        missing=lambda root: None,
+        own_settings={"copies": Setting(2, POSITIVE_INT, "how many times the four images are repeated")},
+    )
+    monkeypatch.setitem(DATASETS, "tiny", tiny)
+    train, _, _ = build_datasets("tiny", root=None, image_size=4, mean=[0.5], std=[0.5])
+    assert (seen["copies"], len(train)) == (2, 8)
+    with pytest.raises(TypeError, match="dataset 'tiny' has no setting copy"):
+        build_datasets("tiny", root=None, image_size=4, mean=[0.5], std=[0.5], copy=3)

@@ -22,10 +22,11 @@ from runs import REPO, read_json, read_jsonl, run_env
 
 from ssam.data import build_datasets, labels_of
 from ssam.data.catalog import DATASETS
+from ssam.errors import ConfigError
+from ssam.extensions import load_extensions
 from ssam.models.catalog import MODELS
-from ssam.registry import load_extensions, register
+from ssam.registry import register
 from ssam.train.builders import model_from_config
-from ssam.train.errors import ConfigError
 from ssam.train.loop import training_step
 from ssam.train.methods import METHODS, build_mask_strategy, build_optimizer
 from ssam.train.resolvers import run_name
@@ -244,6 +245,7 @@ def test_a_sweep_trains_the_extensions_and_tables_and_plots_show_them(tmp_path):
         "dataset.val_size=3",
         "trainer.progress_bar=false",
         f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=${hydra.job.num}",  # dataset.root, a path, in a folder's name makes folders
     )
     assert result.returncode == 0, result.stderr
     runs = {read_json(path)["optimizer"]: path.parent for path in sweep_dir.glob("*/summary.json")}

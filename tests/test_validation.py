@@ -184,6 +184,10 @@ def test_valid_config_passes(fake_fashion_mnist_root, overrides):
         (["dataset.val_size=0"], "dataset.val_size must be an integer >= 1, got 0"),
         (["dataset.val_size=0.1"], "dataset.val_size must be an integer >= 1, got 0.1"),
         (
+            ["dataset=imagenet", "dataset.download=true"],
+            "dataset.download=true, but imagenet cannot be downloaded automatically: no folder",
+        ),
+        (
             ["dataset=imagenet", "dataset.on_device=true"],
             "dataset.on_device=true works for fashion_mnist, cifar10, cifar100 (held in memory), not imagenet",
         ),

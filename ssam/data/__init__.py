@@ -15,6 +15,7 @@ from ssam.data.errors import DataError
 from ssam.data.label_noise import NoisyLabels, noisy_labels
 from ssam.data.sampling import mixed_seed
 from ssam.data.tensor_dataset import ImageTensorDataset, images_and_labels
+from ssam.settings import with_defaults
 
 __all__ = [
     "DATASETS",
@@ -44,7 +45,8 @@ NOISE_STREAMS = {"train": 0, "val": 1}
 
 
 def missing_data_message(name: str, root: str | None) -> str | None:
-    """Why ``name`` cannot be read from ``root`` and how to fetch it, or None if it is there."""
+    """Why dataset ``name`` cannot be read from ``root`` and how to fetch it, or None if it is
+    there (its declaration's ``missing``, by name: the tests skip on it)."""
     return dataset_named(name).missing(root)
 
 
@@ -154,10 +156,11 @@ def build_datasets(
     if label_noise and num_classes is None:
         raise ValueError("label noise needs num_classes")
     augmentation = dict(crop_padding=crop_padding, hflip=hflip, cutout=cutout)
+    own = with_defaults(spec.own_settings, own_settings, what=f"dataset {name!r}")
     splits = []
     for train in (True, False):
         transform = spec.transform(train=train, image_size=image_size, mean=mean, std=std, **augmentation)
-        splits.append(spec.load(root, train, transform, **own_settings))
+        splits.append(spec.load(root, train, transform, **own))
     train_set, test_set = splits
     val_set = None
     if val_size is not None:

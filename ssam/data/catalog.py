@@ -29,10 +29,10 @@ from ssam.settings import (
     REQUIRED,
     Check,
     Setting,
+    named,
     optional,
     with_defaults,
 )
-from ssam.train.errors import ConfigError
 
 Transform = Callable[[Any], Any]
 # (root, train, transform, **own settings) -> the split, each example an (image, label) pair
@@ -41,6 +41,9 @@ SplitLoader = Callable[..., Dataset]
 TransformBuilder = Callable[..., Transform]
 
 FOLDER = Check(lambda value: value is None or isinstance(value, str), "a folder or null", "a folder, or null")
+
+# A dataset's own settings cannot take these names: the config's, and the loader's arguments.
+RESERVED_NAMES = ("name", "train", "transform")
 
 DATASET_SETTINGS = {
     "root": Setting(None, FOLDER, "folder that holds the data"),
@@ -100,6 +103,12 @@ class DatasetSpec:
             raise ValueError(
                 f"dataset {self.name!r}: defaults must give {', '.join(required) or 'nothing more'} "
                 f"and only settings of DATASET_SETTINGS (declare others in own_settings): {', '.join(unknown)}"
+            )
+        taken = (set(DATASET_SETTINGS) | set(RESERVED_NAMES)) & set(self.own_settings)
+        if taken:
+            raise ValueError(
+                f"dataset {self.name!r} declares {', '.join(sorted(taken))}: a name every dataset's "
+                f"settings or {', '.join(RESERVED_NAMES)} take already"
             )
 
     @property
@@ -204,6 +213,4 @@ DATASETS: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, 
 
 
 def dataset_named(name: str) -> DatasetSpec:
-    if name not in DATASETS:
-        raise ConfigError(f"dataset must be one of {', '.join(DATASETS)}, got {name!r}")
-    return DATASETS[name]
+    return named(DATASETS, name, group="dataset")

@@ -11,15 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig
 from torch import nn
 
+from ssam.errors import ConfigError
 from ssam.models.resnet import compact_resnet, resnet18
 from ssam.models.timm_models import timm_model, unknown_architecture_message
 from ssam.models.vgg import VGG
 from ssam.models.wide_resnet import WideResNet
-from ssam.settings import POSITIVE_INT, Check, Setting, in_range, is_int, is_list, with_defaults
-from ssam.train.errors import ConfigError
+from ssam.settings import POSITIVE_INT, Check, Setting, in_range, is_int, is_list, named, with_defaults
 
 # (num_classes=, in_channels=, image_size=, **settings) -> the model, randomly initialised
 ModelBuilder = Callable[..., nn.Module]
@@ -35,11 +34,11 @@ class ModelSpec:
     settings: Mapping[str, Setting] = field(default_factory=dict)
     # Keys beyond the declared ones (+model.<key>=...) go to the builder: timm's own options.
     accepts_more: bool = False
-    checks: tuple[Callable[[DictConfig], None], ...] = ()
+    checks: tuple[Callable[[Mapping[str, Any]], None], ...] = ()  # of the whole config, resolved
 
-    def check(self, cfg: DictConfig) -> None:
+    def check(self, config: Mapping[str, Any]) -> None:
         for check in self.checks:
-            check(cfg)
+            check(config)
 
     def with_defaults(self, given: Mapping[str, Any]) -> dict[str, Any]:
         return with_defaults(
@@ -56,8 +55,8 @@ def _resnet50(*, num_classes: int, in_channels: int, image_size: int) -> nn.Modu
     return model
 
 
-def _check_timm_architecture(cfg: DictConfig) -> None:
-    message = unknown_architecture_message(cfg.model.arch)
+def _check_timm_architecture(config: Mapping[str, Any]) -> None:
+    message = unknown_architecture_message(config["model"]["arch"])
     if message is not None:
         raise ConfigError(message)
 
@@ -131,6 +130,4 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def model_named(name: str) -> ModelSpec:
-    if name not in MODELS:
-        raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
-    return MODELS[name]
+    return named(MODELS, name, group="model")

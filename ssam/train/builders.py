@@ -18,7 +18,7 @@ from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.models import build_model
 from ssam.train.distributed import SINGLE_PROCESS, MasksFromMain, Replicas
 from ssam.train.loop import StepOptions
-from ssam.train.methods import SPARSE, build_mask_strategy, build_optimizer, method_named
+from ssam.train.methods import build_mask_strategy, build_optimizer, method_named
 from ssam.train.precision import Precision
 
 
@@ -35,8 +35,9 @@ def datasets_from_config(cfg: DictConfig, *, augment: bool = True) -> data.Split
     A setting absent from the config (a run recorded before it existed, read by ssam.analyze)
     takes its declared default."""
     name = cfg.dataset.name
-    settings = data.dataset_named(name).with_defaults(_section(cfg, "dataset"))
-    if settings.pop("download") and data.missing_data_message(name, settings["root"]) is not None:
+    spec = data.dataset_named(name)
+    settings = spec.with_defaults(_section(cfg, "dataset"))
+    if settings.pop("download") and spec.missing(settings["root"]) is not None:
         data.download(name, settings["root"])
     settings.pop("in_channels")
     settings.pop("on_device")
@@ -116,7 +117,7 @@ def optimizer_from_config(
     name = cfg.optimizer.name
     settings = _section(cfg, "optimizer")
     strategy = None
-    if method_named(name).kind is SPARSE:
+    if method_named(name).sparse:
         strategy = build_mask_strategy(name, model, train_set, epochs=cfg.epochs, seed=cfg.seed, **settings)
         if replicas.world_size > 1:
             strategy = MasksFromMain(strategy, replicas)

@@ -27,8 +27,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, Subset
 
 from ssam.devices import resolve_device
+from ssam.errors import ConfigError
 from ssam.optim.ssam import MaskStrategy
-from ssam.train.errors import ConfigError
 
 # The collective backend for each kind of device.
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}

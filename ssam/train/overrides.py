@@ -9,27 +9,24 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ssam.train.errors import ConfigError
+from ssam.errors import ConfigError
+from ssam.extensions import FORM
 
 GROUPS = ("dataset", "model", "optimizer", "scheduler", "logger", "experiment")
 
 
-def extensions_in(arguments: list[str]) -> list[str]:
-    """The ``extensions=[...]`` of the command line (Hydra's override syntax), or none."""
+def extensions_in(arguments: list[str], config_dir: Path, config_name: str = "train") -> list[str]:
+    """The extensions to import before Hydra composes: the command line's ``extensions=[...]``
+    (Hydra's override syntax), else those the primary config (configs/train.yaml) lists."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for argument in arguments:
-        if argument.split("=", 1)[0].lstrip("+") != "extensions":
-            continue
-        value = OverridesParser.create().parse_override(argument).value()
-        if isinstance(value, str):
-            return [value]
-        if not isinstance(value, list):
-            raise ConfigError(
-                f"extensions must be a list of files or modules, e.g. extensions=[a.py,b.py]: {argument}"
-            )
-        return value
-    return []
+        if argument.split("=", 1)[0].lstrip("+") == "extensions":
+            value = OverridesParser.create().parse_override(argument).value()
+            if not isinstance(value, list):
+                raise ConfigError(f"{FORM}, got {argument}")
+            return value
+    return list(OmegaConf.load(config_dir / f"{config_name}.yaml").get("extensions", []))
 
 
 def _dotted_keys(node: DictConfig, prefix: str = "") -> list[str]:

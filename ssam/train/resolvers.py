@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from ssam.registry import ignored_settings
-from ssam.train.methods import METHODS, SGD_KIND
+import ssam.registry  # noqa: F401  (the declared options become Hydra config groups)
+from ssam.train.kinds import SGD
+from ssam.train.methods import METHODS, ignored_settings
 
 
 def sgd_or_sharpness_aware(optimizer: str, sgd_value, sharpness_aware_value):
     """The paper's per-optimizer settings, e.g. weight decay 5e-4 for SGD, 1e-3 for (Sparse) SAM:
     ``sgd_value`` for a method of the SGD kind."""
     method = METHODS.get(optimizer)
-    return sgd_value if method is not None and method.kind is SGD_KIND else sharpness_aware_value
+    return sgd_value if method is not None and method.kind is SGD else sharpness_aware_value
 
 
 def run_name(override_dirname: str, optimizer: str) -> str:

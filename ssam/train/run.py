@@ -22,8 +22,8 @@ from ssam.analysis.tracking import SharpnessTracker
 from ssam.data import DataError
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded, mixed_seed
 from ssam.devices import device_name
+from ssam.extensions import load_extensions
 from ssam.optim import SAM, SSAM
-from ssam.registry import ignored_settings, load_extensions
 from ssam.train.builders import (
     build_loaders,
     datasets_from_config,
@@ -40,7 +40,7 @@ from ssam.train.checkpoint import (
 )
 from ssam.train.distributed import Replicas, join_processes
 from ssam.train.loop import EpochProgress, NonFiniteError, evaluate, train_one_epoch
-from ssam.train.methods import SPARSE, method_named, run_variant
+from ssam.train.methods import ignored_settings, method_named, run_variant
 from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.precision import Precision
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
@@ -67,7 +67,7 @@ def _layer_densities(model: torch.nn.Module, optimizer: SSAM) -> dict[str, float
 
 
 def _sparse(cfg: DictConfig) -> bool:
-    return method_named(cfg.optimizer.name).kind is SPARSE
+    return method_named(cfg.optimizer.name).sparse
 
 
 def setting_tags(cfg: DictConfig) -> list[str]:
@@ -95,7 +95,7 @@ def _identity(cfg: DictConfig) -> dict[str, Any]:
         settings.pop(key, None)
     settings["trainer"] = {key: trainer[key] for key in NUMERIC_TRAINER_SETTINGS}
     for key in ignored_settings(cfg.optimizer.name):
-        settings.pop(key)
+        settings.pop(key, None)
     return settings
 
 

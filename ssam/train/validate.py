@@ -3,11 +3,15 @@ fails at once with the key, the value and what is allowed."""
 
 from __future__ import annotations
 
-import torch
-from omegaconf import DictConfig
+from collections.abc import Mapping
+from typing import Any
 
-from ssam.data.catalog import DATASETS, dataset_named
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssam.data.catalog import DATASETS, DatasetSpec, dataset_named
 from ssam.devices import resolve_device
+from ssam.errors import ConfigError
 from ssam.models.catalog import model_named
 from ssam.settings import (
     BOOLEAN,
@@ -15,12 +19,12 @@ from ssam.settings import (
     INTEGER,
     NON_NEGATIVE_INT,
     POSITIVE_INT,
+    above,
     at_least,
     check_section,
     in_range,
     one_of,
 )
-from ssam.train.errors import ConfigError
 from ssam.train.loop import ON_NONFINITE
 from ssam.train.methods import method_named
 from ssam.train.precision import AMP
@@ -35,8 +39,10 @@ def _check_top_level(cfg: DictConfig) -> None:
     one_of(*DEVICES)("device", cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    # rho and sparsity are checked even where the optimizer ignores them: a bad value on the
-    # command line is a typo worth reporting.
+    # Checked here, not only where the optimizer's settings read them: the key a user typed is
+    # the one to name, and a method that ignores rho or sparsity still gets a typo reported.
+    above(0)("lr", cfg.lr)
+    at_least(0)("weight_decay", cfg.weight_decay)
     at_least(0)("rho", cfg.rho)
     FRACTION("sparsity", cfg.sparsity)
     POSITIVE_INT("epochs", cfg.epochs)
@@ -73,15 +79,25 @@ def _check_trainer(cfg: DictConfig) -> None:
     NON_NEGATIVE_INT("trainer.track_sharpness_every", trainer.track_sharpness_every)
 
 
-def _check_dataset(cfg: DictConfig) -> None:
-    dataset = dataset_named(cfg.dataset.name)
-    check_section("dataset", cfg.dataset, dataset.settings, accepts_more=False)
-    # Whether val_size leaves enough training examples is checked where the data is known.
-    if cfg.dataset.on_device and not dataset.in_memory:
-        in_memory = [name for name, spec in DATASETS.items() if spec.in_memory]
+def _check_data(config: Mapping[str, Any], spec: DatasetSpec) -> None:
+    """What only the dataset's declaration knows: whether it can be held on the device, and
+    whether it is there (or can be fetched). Whether val_size leaves enough training examples
+    is checked where the data is known."""
+    dataset = config["dataset"]
+    if dataset["on_device"] and not spec.in_memory:
+        in_memory = [name for name, other in DATASETS.items() if other.in_memory]
         raise ConfigError(
             f"dataset.on_device=true works for {', '.join(in_memory)} (held in memory), "
-            f"not {cfg.dataset.name}, which is read from image files: use dataset.on_device=false"
+            f"not {spec.name}, which is read from image files: use dataset.on_device=false"
+        )
+    missing = spec.missing(dataset["root"])
+    if missing is None:
+        return
+    if not dataset["download"]:
+        raise ConfigError(missing)
+    if spec.download is None:
+        raise ConfigError(
+            f"dataset.download=true, but {spec.name} cannot be downloaded automatically: {missing}"
         )
 
 
@@ -94,12 +110,11 @@ def validate_config(cfg: DictConfig) -> None:
     dataset = dataset_named(cfg.dataset.name)
     _check_top_level(cfg)
     _check_trainer(cfg)
-    _check_dataset(cfg)
+    check_section("dataset", cfg.dataset, dataset.settings, accepts_more=False)
     check_section("optimizer", cfg.optimizer, method.settings, accepts_more=False)
-    method.check(cfg)
     check_section("model", cfg.model, model.settings, accepts_more=model.accepts_more)
-    model.check(cfg)
-    if not cfg.dataset.download:
-        message = dataset.missing(cfg.dataset.root)
-        if message is not None:
-            raise ConfigError(message)
+    # The declarations' checks read plain values, not the config object.
+    config = OmegaConf.to_container(cfg, resolve=True)
+    method.check(config)
+    model.check(config)
+    _check_data(config, dataset)

@@ -6,7 +6,7 @@ python train.py extensions=[tests/extensions/magnitude.py] optimizer=magnitude s
 from ssam.optim import mask_from_scores
 from ssam.registry import register
 from ssam.settings import BOOLEAN, Setting
-from ssam.train.methods import KEY_EQUALS_VALUE, SPARSE, MethodSpec
+from ssam.train.kinds import KEY_EQUALS_VALUE, SPARSE, MethodSpec
 
 
 class MagnitudeMask:
@@ -46,6 +46,5 @@ register(
         mask=lambda context, settings: MagnitudeMask(
             largest=settings["largest"], update_freq=settings["update_freq"], selection=context.selection
         ),
-        records=("largest",),
     )
 )

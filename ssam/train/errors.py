@@ -1,6 +1,0 @@
-"""The trainer's error for a bad setting, in a module of its own so that any part of the
-trainer can raise it without importing the validation (which imports the loop)."""
-
-
-class ConfigError(ValueError):
-    """A setting has a value the trainer cannot use."""
