@@ -5,8 +5,8 @@
 BEFORE and AFTER each hold run directories of the same names (one per setting, made by the code
 before and after the change, on one machine and thread count). For each name it compares every
 metric of every epoch (metrics.jsonl, leaving out the times), the masks (masks.jsonl, Sparse SAM),
-and the final weights (last.pt, bit for bit), and prints a Markdown row. It exits non-zero if any
-differ.
+and the final weights (last.pt, bit for bit; "not kept" where a copy of the runs left it out),
+and prints a Markdown row. It exits non-zero if any differ.
 """
 
 from __future__ import annotations
@@ -35,10 +35,9 @@ def same_weights(before: Path, after: Path) -> bool:
 def compare(before: Path, after: Path) -> tuple[dict[str, str], bool]:
     """The row of one setting, and whether the two runs are the same."""
     masks = before / "masks.jsonl"
-    checks = {
-        "every metric of every epoch": metrics(before) == metrics(after),
-        "final weights": same_weights(before, after),
-    }
+    checks = {"every metric of every epoch": metrics(before) == metrics(after)}
+    if (before / "last.pt").exists() and (after / "last.pt").exists():
+        checks["final weights"] = same_weights(before, after)
     if masks.exists():
         checks["masks.jsonl"] = masks.read_text() == (after / "masks.jsonl").read_text()
     accuracy = [json.loads((d / "summary.json").read_text())["final_test_acc"] for d in (before, after)]
@@ -75,7 +74,8 @@ def main() -> None:
     for name in names:
         row, same = compare(args.before / name, args.after / name)
         all_same &= same
-        print("| " + " | ".join(row.get(column, "—") for column in columns) + " |")
+        missing = {"final weights": "not kept", "masks.jsonl": "—"}
+        print("| " + " | ".join(row.get(column, missing.get(column)) for column in columns) + " |")
     sys.exit(0 if all_same else 1)
 
 

@@ -47,3 +47,12 @@ def test_a_weight_that_differs_in_the_last_bit_makes_the_runs_different(tmp_path
     result = compare(tmp_path / "before", tmp_path / "after")
     assert result.returncode == 1
     assert "| sgd | 80.00 | 80.00 | identical | DIFFERENT | — |" in result.stdout
+
+
+def test_runs_kept_without_their_checkpoints_are_compared_on_the_rest(tmp_path):
+    for side in ("before", "after"):
+        write_run(tmp_path / side / "sam", weight=1.0, epoch_time_s=3.0)
+        (tmp_path / side / "sam" / "last.pt").unlink()
+    result = compare(tmp_path / "before", tmp_path / "after")
+    assert result.returncode == 0
+    assert "| sam | 80.00 | 80.00 | identical | not kept | — |" in result.stdout
