@@ -19,6 +19,7 @@ from hydra import compose, initialize_config_dir
 from runs import REPO, comparable, kill_after_checkpoints, read_json, read_jsonl, train, train_ok
 from torch import nn
 
+import ssam.registry  # noqa: F401  (the declared options, for the spawned processes that compose)
 import ssam.train.builders as builders_module
 import ssam.train.run as run_module
 from ssam.data import missing_data_message
