@@ -1,9 +1,13 @@
 """scripts/compare_runs.py tells the same runs from different ones, times aside."""
 
+import contextlib
+import io
 import json
-import subprocess
+import runpy
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import torch
 
@@ -20,13 +24,17 @@ def write_run(folder: Path, *, weight: float, epoch_time_s: float, masks: str | 
         (folder / "masks.jsonl").write_text(masks)
 
 
-def compare(before: Path, after: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "scripts/compare_runs.py", str(before), str(after)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+def compare(before: Path, after: Path) -> SimpleNamespace:
+    """``python scripts/compare_runs.py BEFORE AFTER``, run as its command line runs it but in
+    this process (which has imported torch already): its exit code and what it printed."""
+    printed = io.StringIO()
+    arguments = ["compare_runs.py", str(before), str(after)]
+    with mock.patch.object(sys, "argv", arguments), contextlib.redirect_stdout(printed):
+        try:
+            runpy.run_path(str(ROOT / "scripts" / "compare_runs.py"), run_name="__main__")
+        except SystemExit as exit_:
+            code = exit_.code
+    return SimpleNamespace(returncode=code, stdout=printed.getvalue())
 
 
 def test_runs_that_differ_only_in_their_times_are_the_same(tmp_path):

@@ -1,11 +1,16 @@
 """scripts/tables.py and scripts/plots.py on summary.json files the test writes, a crashed run
 among them."""
 
+import contextlib
 import csv
+import io
 import json
+import runpy
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 
@@ -47,8 +52,18 @@ def sweep(tmp_path):
     return tmp_path
 
 
-def run_script(*arguments):
-    return subprocess.run([sys.executable, *arguments], cwd=ROOT, capture_output=True, text=True, check=True)
+def run_script(script: str, *arguments: str) -> SimpleNamespace:
+    """``python <script> <arguments>``, run as its command line runs it (as ``__main__``, with
+    its folder on the path) but in this process, which has imported torch already: what it
+    printed. A script that exits with an error fails the test."""
+    printed = io.StringIO()
+    with (
+        mock.patch.object(sys, "argv", [script, *arguments]),
+        mock.patch.object(sys, "path", [str(ROOT / "scripts"), *sys.path]),
+        contextlib.redirect_stdout(printed),
+    ):
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    return SimpleNamespace(stdout=printed.getvalue())
 
 
 def test_table_has_a_column_per_method_and_sparsity_with_mean_std_and_seed_count(sweep, tmp_path):
