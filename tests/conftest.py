@@ -1,3 +1,19 @@
-"""Shared test set-up: the configs' OmegaConf resolvers, as train.py registers them."""
+"""Shared test set-up: the configs' OmegaConf resolvers, as train.py registers them, and an order
+that keeps both pytest-xdist workers busy to the end."""
+
+from collections import Counter
 
 import ssam.train.resolvers  # noqa: F401
+
+
+def _group(item) -> str | None:
+    mark = item.get_closest_marker("xdist_group")
+    return mark.args[0] if mark else None
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """The modules whose tests must share one worker (xdist_group: they share trained runs) go
+    first, the largest first. Collected last, as their names would have it, one of them keeps a
+    worker busy for minutes after the other has run out of tests."""
+    sizes = Counter(_group(item) for item in items)
+    items.sort(key=lambda item: (0, -sizes[_group(item)], _group(item)) if _group(item) else (1, 0, ""))
