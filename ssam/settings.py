@@ -117,6 +117,16 @@ class Setting:
         return None
 
 
+def refuse_taken_names(
+    owner: str, own_settings: Mapping[str, Setting], taken_by: str, taken: Sequence[str]
+) -> None:
+    """Refuse a declaration (``owner``, e.g. "method 'magnitude'") whose own settings reuse a
+    name in ``taken``, which ``taken_by`` describes: both would be one key of the group's config."""
+    clash = sorted(set(taken) & set(own_settings))
+    if clash:
+        raise ValueError(f"{owner} declares {', '.join(clash)}: a name {taken_by} take already")
+
+
 def named(options: Mapping[str, T], name: str, *, group: str) -> T:
     """The option ``name`` of a config group, or an error listing the group's options."""
     if name not in options:

@@ -31,6 +31,7 @@ from ssam.settings import (
     Setting,
     named,
     optional,
+    refuse_taken_names,
     with_defaults,
 )
 
@@ -104,12 +105,12 @@ class DatasetSpec:
                 f"dataset {self.name!r}: defaults must give {', '.join(required) or 'nothing more'} "
                 f"and only settings of DATASET_SETTINGS (declare others in own_settings): {', '.join(unknown)}"
             )
-        taken = (set(DATASET_SETTINGS) | set(RESERVED_NAMES)) & set(self.own_settings)
-        if taken:
-            raise ValueError(
-                f"dataset {self.name!r} declares {', '.join(sorted(taken))}: a name every dataset's "
-                f"settings or {', '.join(RESERVED_NAMES)} take already"
-            )
+        refuse_taken_names(
+            f"dataset {self.name!r}",
+            self.own_settings,
+            f"every dataset's settings or {', '.join(RESERVED_NAMES)}",
+            [*DATASET_SETTINGS, *RESERVED_NAMES],
+        )
 
     @property
     def settings(self) -> dict[str, Setting]:

@@ -35,6 +35,7 @@ from ssam.settings import (
     is_number,
     one_of,
     optional,
+    refuse_taken_names,
     with_defaults,
 )
 from ssam.train.loop import BN_STATS, PERTURBATIONS
@@ -120,12 +121,12 @@ class MethodSpec:
     def __post_init__(self) -> None:
         if (self.mask is None) == self.sparse:
             raise ValueError(f"method {self.name!r}: a Sparse SAM method, and only one, declares its mask")
-        taken = (set(self.kind.settings) | set(RESERVED_NAMES)) & set(self.own_settings)
-        if taken:
-            raise ValueError(
-                f"method {self.name!r} declares {', '.join(sorted(taken))}: a name its kind's settings "
-                f"or {', '.join(RESERVED_NAMES)} take already"
-            )
+        refuse_taken_names(
+            f"method {self.name!r}",
+            self.own_settings,
+            f"its kind's settings or {', '.join(RESERVED_NAMES)}",
+            [*self.kind.settings, *RESERVED_NAMES],
+        )
 
     @property
     def settings(self) -> dict[str, Setting]:
