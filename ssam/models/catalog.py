@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from torch import nn
@@ -46,7 +47,15 @@ class ModelSpec:
         )
 
 
-def _resnet50(*, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+def _from_classes_and_channels(build: Callable[..., nn.Module]) -> ModelBuilder:
+    """The builder of a model made by ``build(num_classes, in_channels, **settings)``, which
+    needs no image size."""
+    return lambda *, num_classes, in_channels, image_size, **settings: build(
+        num_classes, in_channels, **settings
+    )
+
+
+def _resnet50(num_classes: int, in_channels: int) -> nn.Module:
     import torchvision
 
     model = torchvision.models.resnet50(num_classes=num_classes)
@@ -78,33 +87,31 @@ TIMM_OPTIONS = dict(
 COMPACT_RESNET = ModelSpec(
     "compact_resnet",
     "ResNet-8 (three stages of one BasicBlock, 78k weights): trains on Fashion-MNIST on a CPU in minutes",
-    build=lambda *, num_classes, in_channels, image_size, widths: compact_resnet(
-        num_classes, in_channels, widths
-    ),
+    build=_from_classes_and_channels(compact_resnet),
     settings={"widths": Setting([16, 32, 64], WIDTHS, "channels of the three stages")},
 )
 RESNET18 = ModelSpec(
     "resnet18",
     "the paper's CIFAR ResNet-18: 3×3 stem, no max-pool, 11.2M weights",
-    build=lambda *, num_classes, in_channels, image_size: resnet18(num_classes, in_channels),
+    build=_from_classes_and_channels(resnet18),
 )
 WRN28_10 = ModelSpec(
     "wrn28_10",
     "Wide ResNet 28-10 (36.5M weights), pre-activation blocks",
-    build=lambda *, num_classes, in_channels, image_size, dropout: WideResNet(
-        28, 10, num_classes, in_channels, dropout=dropout
-    ),
+    build=_from_classes_and_channels(partial(WideResNet, 28, 10)),
     settings={
         "dropout": Setting(0.0, in_range(0.0, 1.0, high_open=True), "dropout in each block (the paper: none)")
     },
 )
 RESNET50 = ModelSpec(
-    "resnet50", "torchvision's ResNet-50, randomly initialised (ImageNet-1K in the paper)", _resnet50
+    "resnet50",
+    "torchvision's ResNet-50, randomly initialised (ImageNet-1K in the paper)",
+    _from_classes_and_channels(_resnet50),
 )
 VGG11_BN = ModelSpec(
     "vgg11_bn",
     "VGG-11 with BatchNorm for small images",
-    build=lambda *, num_classes, in_channels, image_size: VGG(num_classes, in_channels),
+    build=_from_classes_and_channels(VGG),
 )
 TIMM = ModelSpec(
     "timm",
