@@ -15,12 +15,12 @@ from omegaconf import DictConfig
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers and declared groups)
 from ssam.data import DataError
+from ssam.errors import ConfigError
 from ssam.extensions import load_extensions
 from ssam.train.checkpoint import CheckpointError, RunDirectoryBusy
 from ssam.train.distributed import hydra_overrides_for_this_process
 from ssam.train.overrides import extensions_in, unknown_key_message
 from ssam.train.run import TrainingStopped, run
-from ssam.train.validate import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -33,12 +33,13 @@ from ssam.analysis.mask_maps import read_mask_history
 from ssam.analysis.sharpness import ascent_sharpness, random_sharpness
 from ssam.data import DataError, dataset_named
 from ssam.devices import device_name, resolve_device
+from ssam.errors import ConfigError
 from ssam.extensions import load_extensions
 from ssam.train.builders import datasets_from_config, model_from_config
 from ssam.train.checkpoint import CheckpointError, load_checkpoint
 from ssam.train.metrics import write_json
 from ssam.train.overrides import unknown_key_message
-from ssam.train.validate import DEVICES, ConfigError
+from ssam.train.validate import DEVICES
 
 ANALYSES = ("hessian", "sharpness", "landscape", "masks")
 PATH_SETTINGS = ("checkpoint", "landscape.other_checkpoint")

@@ -22,6 +22,7 @@ from ssam.analysis.tracking import SharpnessTracker
 from ssam.data import DataError
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded, mixed_seed
 from ssam.devices import device_name
+from ssam.errors import ConfigError
 from ssam.extensions import load_extensions
 from ssam.optim import SAM, SSAM
 from ssam.train.builders import (
@@ -45,7 +46,7 @@ from ssam.train.metrics import JsonLines, format_table, read_json, write_json
 from ssam.train.precision import Precision
 from ssam.train.rng import rng_state, seed_everything, set_rng_state
 from ssam.train.schedulers import build_scheduler, fast_forward
-from ssam.train.validate import ConfigError, validate_config
+from ssam.train.validate import validate_config
 from ssam.train.wandb_sink import WandbSink
 
 # Settings that may change between a run and its resumption: they do not change the numbers.
