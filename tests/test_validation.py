@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,7 @@ def test_missing_fashion_mnist_files_name_the_folder(tmp_path):
 
 def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path, fake_fashion_mnist_root):
     run_dir = tmp_path / "run"
+    start = time.monotonic()
     result = subprocess.run(
         [
             sys.executable,
@@ -269,6 +271,7 @@ def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path
         text=True,
         timeout=120,
     )
+    elapsed = time.monotonic() - start
     assert result.returncode == 2, result.stderr
     assert "lr must be > 0" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -276,6 +279,7 @@ def test_train_py_with_bad_lr_exits_2_with_the_message_and_no_traceback(tmp_path
     # so reading them first would have failed with another error).
     assert not (run_dir / "metrics.jsonl").exists()
     assert not (run_dir / "last.pt").exists()
+    assert elapsed < 60
 
 
 @pytest.mark.slow
