@@ -25,6 +25,7 @@ __all__ = [
     "Splits",
     "build_datasets",
     "changed_label_fraction",
+    "check_labels_in_range",
     "dataset_named",
     "download",
     "fixed_subset",
@@ -101,6 +102,29 @@ def labels_of(dataset: Dataset) -> torch.Tensor:
     raise ValueError(f"cannot read the labels of a {type(dataset).__name__} without loading its images")
 
 
+def check_labels_in_range(dataset: Dataset, num_classes: int, *, name: str, split: str) -> None:
+    """Raise a DataError naming dataset ``name``, its ``split`` and the first offending label
+    unless every label is in [0, num_classes): the loss would otherwise fail with an IndexError
+    mid-epoch (on a GPU, a device-side assert that ends the process).
+
+    Only labels ``labels_of`` reads without loading images are checked. Those of any other
+    dataset (an extension's own Dataset class) are not: reading them means loading every image,
+    an epoch's work before training starts; a bad one still stops the run when its batch comes."""
+    try:
+        labels = labels_of(dataset)
+    except ValueError:
+        return
+    outside = ((labels < 0) | (labels >= num_classes)).nonzero().flatten()
+    if len(outside) == 0:
+        return
+    first = int(outside[0])
+    raise DataError(
+        f"dataset {name!r}: its {split} split has {len(outside)} label(s) outside 0..{num_classes - 1} "
+        f"(dataset.num_classes={num_classes}), the first {int(labels[first])} at example {first}: set "
+        "dataset.num_classes to the number of classes, or fix the labels"
+    )
+
+
 def with_label_noise(dataset: Dataset, num_classes: int, fraction: float, seed: int) -> Dataset:
     """``dataset`` with exactly round(fraction·N) labels changed (``noisy_labels``); the dataset
     itself, unwrapped, when fraction is 0."""
@@ -148,7 +172,9 @@ def build_datasets(
     examples trained on; the test set is cut to ``test_size``. Then the training and the
     validation set each get exactly round(label_noise·size) wrong labels (``with_label_noise``,
     from ``label_noise_seed`` on streams of their own); the test set keeps its labels. With
-    val_size None and label_noise 0 the training set is exactly ``fixed_subset(split, train_size)``."""
+    val_size None and label_noise 0 the training set is exactly ``fixed_subset(split, train_size)``.
+    Before all this, given ``num_classes``, a label outside [0, num_classes) in either split is a
+    DataError (``check_labels_in_range``)."""
     spec = dataset_named(name)
     message = spec.missing(root)
     if message is not None:
@@ -160,7 +186,12 @@ def build_datasets(
     splits = []
     for train in (True, False):
         transform = spec.transform(train=train, image_size=image_size, mean=mean, std=std, **augmentation)
-        splits.append(spec.load(root, train, transform, **own))
+        loaded = spec.load(root, train, transform, **own)
+        # Whole splits, before any subset: the validation set comes from the training split, and
+        # labels the data should not have are an error whichever examples a run happens to draw.
+        if num_classes is not None:
+            check_labels_in_range(loaded, num_classes, name=name, split="training" if train else "test")
+        splits.append(loaded)
     train_set, test_set = splits
     val_set = None
     if val_size is not None:

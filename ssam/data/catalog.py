@@ -17,8 +17,10 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from ssam.data import cifar, fashion_mnist, imagenet
+from ssam.data.errors import DataError
 from ssam.data.tensor_dataset import ImageTensorDataset
 from ssam.data.transforms import imagenet_transform, small_image_transform
+from ssam.errors import ConfigError
 from ssam.settings import (
     BOOLEAN,
     FRACTION,
@@ -79,9 +81,41 @@ DATASET_SETTINGS = {
 }
 
 
+# (what was being done, what to do) when a declaration's load or missing raises.
+READING = ("reading it from", "Check the data files there, or fetch them again")
+LOOKING = ("looking for it in", "Check that dataset.root names the data's folder and that it can be read")
+
+
+class _NamingTheDataset:
+    """A declaration's ``load`` or ``missing``, whose errors become DataErrors naming the dataset,
+    its root and the original error. A reader can raise anything (np.load a BadZipFile, pickle an
+    UnpicklingError, open an OSError), and a damaged file must stop the run with a message saying
+    which data to fix (exit 2), not a traceback. A ConfigError already names its setting, and a
+    DataError the file to fix: they pass as they are."""
+
+    def __init__(self, dataset: str, function: Callable[..., Any], doing: str, remedy: str) -> None:
+        self.dataset = dataset
+        self.function = function
+        self.doing = doing
+        self.remedy = remedy
+
+    def __call__(self, root: str | None, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self.function(root, *args, **kwargs)
+        except (ConfigError, DataError):
+            raise
+        except Exception as error:
+            where = "null" if root is None else root
+            raise DataError(
+                f"dataset {self.dataset!r}: {self.doing} dataset.root={where} failed: "
+                f"{type(error).__name__}: {error}. {self.remedy}"
+            ) from error
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
-    """One ``dataset=<name>``."""
+    """One ``dataset=<name>``. Whatever its ``load`` or ``missing`` raises reaches the caller as a
+    DataError naming the dataset (a ConfigError or DataError as it is)."""
 
     name: str
     description: str  # one line, for the settings reference
@@ -111,6 +145,13 @@ class DatasetSpec:
             f"every dataset's settings or {', '.join(RESERVED_NAMES)}",
             [*DATASET_SETTINGS, *RESERVED_NAMES],
         )
+        # Wrapped here, once, so that every caller (the validation, the builders, ssam.analyze)
+        # gets a DataError naming the dataset, whatever a reader raises; frozen, hence __setattr__.
+        for attribute, (doing, remedy) in (("load", READING), ("missing", LOOKING)):
+            declared = getattr(self, attribute)
+            if isinstance(declared, _NamingTheDataset):  # a copy made by dataclasses.replace
+                declared = declared.function
+            object.__setattr__(self, attribute, _NamingTheDataset(self.name, declared, doing, remedy))
 
     @property
     def settings(self) -> dict[str, Setting]:

@@ -9,6 +9,26 @@ from pathlib import Path
 from typing import Any
 
 
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) in it, through nested dicts, lists and
+    tuples, replaced by None. json.dumps writes those floats as NaN and Infinity, which are not
+    JSON: jq, JavaScript and pandas' strict readers reject the whole file. A value that is not
+    defined yet (mask_density before a late phase starts) is recorded as null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def to_json(record: Any, **options: Any) -> str:
+    """``record`` as strict JSON (``finite_or_null``); allow_nan=False makes any non-finite float
+    that still got through an error here, rather than a file no JSON reader accepts."""
+    return json.dumps(finite_or_null(record), allow_nan=False, **options)
+
+
 class JsonLines:
     """Appends one JSON object per line, flushed at once so a crash loses nothing written."""
 
@@ -17,7 +37,7 @@ class JsonLines:
 
     def append(self, record: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(to_json(record) + "\n")
             f.flush()
 
     def read(self) -> list[dict[str, Any]]:
@@ -29,7 +49,7 @@ class JsonLines:
         """Drop the records a resumed run is about to write again."""
         if self.path.exists():
             kept = [record for record in self.read() if wanted(record)]
-            self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            self.path.write_text("".join(to_json(record) + "\n" for record in kept))
 
 
 def read_json(path: str | Path) -> dict[str, Any]:
@@ -37,7 +57,7 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> None:
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    Path(path).write_text(to_json(record, indent=2) + "\n")
 
 
 def format_table(record: dict[str, Any]) -> str:
