@@ -26,9 +26,9 @@ import torch
 
 from ssam.devices import device_name
 from ssam.models import build_model
-from ssam.train.loop import training_step
 from ssam.train.methods import build_mask_strategy, build_optimizer, method_named
-from ssam.train.run import peak_memory_mb
+from ssam.train.records import peak_memory_mb
+from ssam.train.steps import training_step
 
 IMAGE_SIZE, CHANNELS, CLASSES = 32, 3, 10
 

@@ -34,9 +34,9 @@ from torch.utils.data import TensorDataset
 from ssam.devices import device_name
 from ssam.models import build_model
 from ssam.optim import SAM, SSAM, fisher_scores
-from ssam.train.loop import training_step
 from ssam.train.methods import build_mask_strategy, build_optimizer, build_tensor_selection
 from ssam.train.precision import AMP, Precision
+from ssam.train.steps import training_step
 
 
 def sparse_variants(args):

@@ -54,12 +54,11 @@ from ssam.optim import SSAM
 from ssam.train.builders import (
     build_loaders,
     datasets_from_config,
+    method_from_config,
     model_from_config,
-    optimizer_from_config,
-    step_options_from_config,
+    passes_from_config,
 )
-from ssam.train.distributed import SINGLE_PROCESS
-from ssam.train.loop import training_step
+from ssam.train.loop import take_step
 from ssam.train.precision import Precision
 from ssam.train.rng import seed_everything
 from ssam.train.validate import validate_config
@@ -211,12 +210,12 @@ class BenchedConfig:
         self.train_set, self.inputs, self.targets = batches[key]
         seed_everything(cfg.seed)
         model = model_from_config(cfg).to(device, memory_format=self.memory_format)
-        self.optimizer = optimizer_from_config(cfg, model, self.train_set, SINGLE_PROCESS)
-        self.model = torch.compile(model) if cfg.trainer.compile else model
-        precision = Precision(cfg.trainer.amp, device)
-        self.step_options = step_options_from_config(cfg, precision)
         self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.method = method_from_config(cfg, model, self.train_set, steps_per_epoch=self.steps_per_epoch)
+        self.optimizer = self.method.optimizer
+        forward_model = torch.compile(model) if cfg.trainer.compile else model
+        self.passes = passes_from_config(cfg, forward_model, Precision(cfg.trainer.amp, device))
         # Late-phase SAM: the trainer's first ⌈sam_from · T⌉ steps are plain.
         self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
         self.plain_steps = math.ceil(self.sam_from * self.total_steps)
@@ -232,11 +231,13 @@ class BenchedConfig:
         return train_set, inputs.to(device), targets.to(device)
 
     def step(self, *, sharpness_aware: bool = True) -> None:
+        """The trainer's step: the last one of training (sharpness-aware), or the first (plain
+        under late-phase SAM)."""
         inputs = self.inputs.contiguous(memory_format=self.memory_format)
-        options = self.step_options.__dict__
-        if not sharpness_aware:
-            options = {**options, "sharpness_aware": False}
-        training_step(self.model, self.optimizer, inputs, self.targets, **options)
+        index = self.total_steps - 1 if sharpness_aware else 0
+        take_step(
+            self.method, self.passes, inputs, self.targets, index, on_nonfinite=self.cfg.trainer.on_nonfinite
+        )
 
     def later_refreshes(self) -> int:
         """Mask refreshes after the first mask, which the first sharpness-aware step builds: one

@@ -39,7 +39,7 @@ from ssam.train.builders import datasets_from_config, model_from_config
 from ssam.train.checkpoint import CheckpointError, load_checkpoint
 from ssam.train.metrics import write_json
 from ssam.train.overrides import unknown_key_message
-from ssam.train.validate import DEVICES
+from ssam.train.run_settings import DEVICES
 
 ANALYSES = ("hessian", "sharpness", "landscape", "masks")
 PATH_SETTINGS = ("checkpoint", "landscape.other_checkpoint")

@@ -36,6 +36,10 @@ def _value(value: Any) -> str:
     return f"`{value}`"
 
 
+def _default(value: Any) -> str:
+    return "required" if value is REQUIRED else _value(value)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [
         "| " + " | ".join(header) + " |",
@@ -44,9 +48,14 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
-def _settings_table(declarations: Mapping[str, Any], group: str) -> list[str]:
-    """One row per setting key: its default (or each declaration's), what it allows, which
-    options have it, and what it means."""
+def _settings_table(
+    declarations: Mapping[str, Any], group: str, shared: Mapping[str, Setting] | None = None
+) -> list[str]:
+    """One row per setting key: its default, what it allows, which options have it, and what it
+    means. The default of a key in ``shared`` (settings every declaration has, such as
+    DATASET_SETTINGS) is the one a declaration gets when it does not set the key; of any other
+    key, the declarations' own, or "per option" where they differ."""
+    shared = shared or {}
     keys: dict[str, list[str]] = {}
     for name, declaration in declarations.items():
         for key in declaration.settings:
@@ -54,8 +63,12 @@ def _settings_table(declarations: Mapping[str, Any], group: str) -> list[str]:
     rows = []
     for key, names in keys.items():
         settings: list[Setting] = [declarations[name].settings[key] for name in names]
-        defaults = {repr(s.default) for s in settings}
-        default = _value(settings[0].default) if len(defaults) == 1 else "per option"
+        if key in shared:
+            default = _default(shared[key].default)
+        elif len({repr(s.default) for s in settings}) == 1:
+            default = _default(settings[0].default)
+        else:
+            default = "per option"
         owners = "all" if len(names) == len(declarations) else ", ".join(f"`{n}`" for n in names)
         setting = settings[0]
         rows.append(
@@ -65,7 +78,7 @@ def _settings_table(declarations: Mapping[str, Any], group: str) -> list[str]:
 
 
 def _dataset_values() -> list[str]:
-    """The settings whose default differs between datasets, one column per dataset."""
+    """Each dataset's values of the settings that any dataset sets itself, one row per dataset."""
     keys = [
         key
         for key, setting in DATASET_SETTINGS.items()
@@ -80,7 +93,10 @@ def _dataset_values() -> list[str]:
 
 def settings_reference() -> str:
     """The Markdown block, between its BEGIN and END markers."""
-    methods = [[f"`{m.name}`", _text(m.label), m.kind.name, _text(m.description)] for m in METHODS.values()]
+    methods = [
+        [f"`{m.name}`", _text(m.label), f"`{m.__mro__[1].__name__}`", _text(m.description)]
+        for m in METHODS.values()
+    ]
     datasets = [
         [f"`{d.name}`", "yes" if d.in_memory else "no", _text(d.description)] for d in DATASETS.values()
     ]
@@ -90,10 +106,11 @@ def settings_reference() -> str:
         "",
         "### `optimizer`",
         "",
-        *_table(["option", "label in tables", "kind", "what it is"], methods),
+        *_table(["option", "label in tables", "extends", "what it is"], methods),
         "",
-        "A method has the settings of its kind (SGD's; SAM's, which add to SGD's; Sparse SAM's, "
-        "which add to SAM's) and its own. `${key}` reads the top-level setting `key`.",
+        "A method has the settings of the class it extends (`Method`: SGD's; `SharpnessAwareMethod`: "
+        "SAM's, which add to SGD's; `SparseSAMMethod`: Sparse SAM's, which add to SAM's) and its own. "
+        "`${key}` follows the top-level setting `key`.",
         "",
         *_settings_table(METHODS, "optimizer"),
         "",
@@ -101,9 +118,11 @@ def settings_reference() -> str:
         "",
         *_table(["option", "`on_device`", "what it is"], datasets),
         "",
-        *_settings_table(DATASETS, "dataset"),
+        *_settings_table(DATASETS, "dataset", DATASET_SETTINGS),
         "",
-        "The defaults that differ between datasets:",
+        "The default above is what a dataset gets when its declaration leaves the key out of "
+        "`DatasetSpec.defaults`; a `required` key it must give. A run with `dataset=<name>` starts "
+        "from that dataset's own values:",
         "",
         *_dataset_values(),
         "",

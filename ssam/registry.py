@@ -8,9 +8,13 @@ its declared settings with their defaults. Importing this module declares the bu
 Hydra; train.py, the tests and the scripts import it before composing a config.
 
     from ssam.registry import register
-    from ssam.train.kinds import SPARSE, MethodSpec
+    from ssam.train.kinds import SparseSAMMethod
 
-    register(MethodSpec("magnitude", "Magnitude", SPARSE, "perturb the largest |w|", mask=...))
+    class Magnitude(SparseSAMMethod):
+        name, label, description = "magnitude", "Magnitude", "perturb the largest |w|"
+        ...
+
+    register(Magnitude)
 
 docs/extending.md walks through a method and a dataset.
 """
@@ -24,16 +28,23 @@ from hydra.core.config_store import ConfigStore
 from ssam.data.catalog import DATASETS, DatasetSpec
 from ssam.errors import ConfigError
 from ssam.models.catalog import MODELS, ModelSpec
-from ssam.train.kinds import MethodSpec
+from ssam.train.kinds import Method
 from ssam.train.methods import METHODS
 
-Declaration = MethodSpec | DatasetSpec | ModelSpec
+Declaration = type[Method] | DatasetSpec | ModelSpec
 # Each kind of declaration: its config group and its table.
 _GROUPS: dict[type, tuple[str, dict[str, Any]]] = {
-    MethodSpec: ("optimizer", METHODS),
+    Method: ("optimizer", METHODS),
     DatasetSpec: ("dataset", DATASETS),
     ModelSpec: ("model", MODELS),
 }
+
+
+def _kind(declaration: Any) -> type | None:
+    """Which of _GROUPS' kinds ``declaration`` is: a Method class, a DatasetSpec or a ModelSpec."""
+    if isinstance(declaration, type) and issubclass(declaration, Method):
+        return Method
+    return type(declaration) if type(declaration) in _GROUPS else None
 
 
 def _config_node(declaration: Declaration) -> dict[str, Any]:
@@ -42,18 +53,19 @@ def _config_node(declaration: Declaration) -> dict[str, Any]:
 
 
 def _store(declaration: Declaration) -> None:
-    group, _ = _GROUPS[type(declaration)]
+    group, _ = _GROUPS[_kind(declaration)]
     ConfigStore.instance().store(group=group, name=declaration.name, node=_config_node(declaration))
 
 
 def register(declaration: Declaration) -> Declaration:
     """Add a method, dataset or model: to the trainer, its checks, sweeps and tables, and as the
     option ``<group>=<name>`` to Hydra. A name already declared is refused."""
-    if type(declaration) not in _GROUPS:
-        raise TypeError(
-            f"register takes a MethodSpec, DatasetSpec or ModelSpec, got {type(declaration).__name__}"
-        )
-    group, table = _GROUPS[type(declaration)]
+    kind = _kind(declaration)
+    if kind is None:
+        raise TypeError(f"register takes a Method class, a DatasetSpec or a ModelSpec, got {declaration!r}")
+    if kind is Method:
+        declaration.check_declaration()
+    group, table = _GROUPS[kind]
     if declaration.name in table:
         raise ConfigError(f"{group}={declaration.name} is declared already; choose another name")
     table[declaration.name] = declaration

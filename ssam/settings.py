@@ -8,7 +8,7 @@ them, so each fact about a setting is written in one place.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ssam.errors import ConfigError
@@ -100,21 +100,29 @@ class Setting:
     setting), its check, and one line saying what it does. A ``variant`` setting makes a run with
     another value than the default another method, which tables show in a column of its own,
     named by this format of ``key`` and ``value`` (e.g. "{key}={value}"); "" for none. A setting
-    ``alike_on_one_process`` changes nothing without data parallelism (so is no variant there)."""
+    ``alike_on_one_process`` changes nothing without data parallelism (so is no variant there).
+    A setting that does not ``change_results`` (how often to checkpoint, how many loader
+    workers) may differ between a run and its resumption, and does not name a sweep's run."""
 
     default: Any
     check: Check
     help: str
     variant: str = ""
     alike_on_one_process: bool = False
+    changes_results: bool = True
 
     @property
-    def reads(self) -> str | None:
+    def follows(self) -> str | None:
         """The top-level setting whose value this one takes by default, if any (``${lr}``: lr)."""
         default = self.default
         if isinstance(default, str) and default.startswith("${") and default.endswith("}"):
             return default[2:-1]
         return None
+
+    def with_default(self, default: Any) -> Setting:
+        """This setting with another default: a method's own choice for a setting of its kind."""
+        self.check(f"the default {default!r}", default)
+        return replace(self, default=default)
 
 
 def refuse_taken_names(
@@ -146,7 +154,7 @@ def with_defaults(
     defaults = {
         key: setting.default
         for key, setting in settings.items()
-        if setting.reads is None and setting.default is not REQUIRED
+        if setting.follows is None and setting.default is not REQUIRED
     }
     return {**defaults, **given}
 

@@ -51,7 +51,8 @@ def assert_a_non_finite_example_skips_the_whole_step(build_optimizer, *, poisone
     """A NaN in example ``poisoned`` of a batch of 12 skips the whole step of training_step(**options)
     under on_nonfinite=skip (weights and BatchNorm statistics as they were) and stops it by default,
     naming the ascent pass. ``build_optimizer(model)`` makes the optimizer."""
-    from ssam.train.loop import NonFiniteError, training_step
+    from ssam.train.passes import NonFiniteError
+    from ssam.train.steps import training_step
 
     x, y = batches(1, size=12)[0]
     x[poisoned] = float("nan")

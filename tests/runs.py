@@ -140,14 +140,15 @@ def assert_kill_and_resume_is_bit_identical(tmp_path: Path, overrides: list[str]
     actual = torch.load(interrupted / "last.pt", weights_only=True)
     for name, tensor in expected["model"].items():
         assert torch.equal(actual["model"][name], tensor), name
-    if "base_optimizer" in expected["optimizer"]:
+    expected_optimizer, actual_optimizer = expected["method"]["optimizer"], actual["method"]["optimizer"]
+    if "base_optimizer" in expected_optimizer:
         for mine, theirs in zip(
-            actual["optimizer"]["base_optimizer"]["state"].values(),
-            expected["optimizer"]["base_optimizer"]["state"].values(),
+            actual_optimizer["base_optimizer"]["state"].values(),
+            expected_optimizer["base_optimizer"]["state"].values(),
         ):
             assert torch.equal(mine["momentum_buffer"], theirs["momentum_buffer"])
     assert actual["precision"] == expected["precision"]
-    for mine, theirs in zip(actual["optimizer"].get("masks") or [], expected["optimizer"].get("masks") or []):
+    for mine, theirs in zip(actual_optimizer.get("masks") or [], expected_optimizer.get("masks") or []):
         assert torch.equal(mine, theirs)
     assert comparable(read_jsonl(interrupted / "metrics.jsonl")) == comparable(
         read_jsonl(straight / "metrics.jsonl")

@@ -22,8 +22,9 @@ from torch.utils.data import TensorDataset
 from ssam import SAM, SSAM
 from ssam.data import missing_data_message
 from ssam.optim import DynamicMask, FisherMask, frozen_batchnorm_stats
-from ssam.train.loop import micro_batches, training_step
+from ssam.train.passes import micro_batches
 from ssam.train.precision import Precision
+from ssam.train.steps import training_step
 
 CPU = torch.device("cpu")
 BATCH = 12
@@ -143,8 +144,8 @@ def test_the_ascent_on_part_of_the_batch_is_accumulated_too():
 
 
 def test_m_sharpness_shards_are_accumulated_each_on_its_own():
-    whole, _, _ = train(sam, 1, torch.float64, m=6)
-    micro, _, _ = train(sam, 3, torch.float64, m=6)
+    whole, _, _ = train(sam, 1, torch.float64, shard_size=6)
+    micro, _, _ = train(sam, 3, torch.float64, shard_size=6)
     for a, b in zip(parameters_of(micro), parameters_of(whole)):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 

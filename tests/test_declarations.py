@@ -22,10 +22,10 @@ from ssam.models.catalog import MODELS
 from ssam.optim import SAM
 from ssam.reference import with_reference
 from ssam.settings import ANY, BOOLEAN, POSITIVE_INT, Setting, above, check_section
-from ssam.train.kinds import SGD, SHARPNESS_AWARE, SPARSE, MethodSpec, sam_options
-from ssam.train.loop import training_step
+from ssam.train.kinds import Method, SharpnessAwareMethod, SparseSAMMethod, sam_options, without
 from ssam.train.methods import METHODS, build_mask_strategy, build_optimizer, ignored_settings, run_variant
 from ssam.train.overrides import extensions_in
+from ssam.train.steps import training_step
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +56,7 @@ def test_every_declared_method_builds_from_its_config_and_takes_a_step(name):
     model = small_conv_net()
     data = torch.utils.data.TensorDataset(*batches(1, size=16)[0])
     mask = None
-    if METHODS[name].kind is SPARSE:
+    if issubclass(METHODS[name], SparseSAMMethod):
         fisher = {"num_samples": 4} if name == "ssam_f" else {}
         mask = build_mask_strategy(name, model, data, epochs=1, seed=0, **{**settings, **fisher})
     optimizer = build_optimizer(name, model, mask_strategy=mask, **settings)
@@ -125,13 +125,25 @@ def test_timm_models_take_keys_beyond_their_declared_ones():
     check_section("model", cfg.model, MODELS["timm"].settings, accepts_more=MODELS["timm"].accepts_more)
 
 
-def test_a_declaration_is_checked_when_it_is_made():
-    with pytest.raises(ValueError, match="a Sparse SAM method, and only one, declares its mask"):
-        MethodSpec("no_mask", "No mask", SPARSE, "a Sparse SAM method without a mask")
-    with pytest.raises(ValueError, match="declares rho: a name its kind's settings or name, epochs, seed"):
-        MethodSpec("twice", "Twice", SPARSE, "", own_settings={"rho": Setting(0.1, BOOLEAN, "")}, mask=print)
-    with pytest.raises(ValueError, match="declares seed: a name its kind's settings or name, epochs, seed"):
-        MethodSpec("seeded", "Seeded", SPARSE, "", own_settings={"seed": Setting(1, BOOLEAN, "")}, mask=print)
+def test_a_declaration_is_checked_when_it_is_registered():
+    class NoMask(SparseSAMMethod):
+        name, label = "no_mask", "No mask"
+
+    class Seeded(SparseSAMMethod):
+        name, label = "seeded", "Seeded"
+        settings = {**SparseSAMMethod.settings, "seed": Setting(1, BOOLEAN, "")}
+
+    class Nameless(Method):
+        pass
+
+    with pytest.raises(ValueError, match="a Sparse SAM method defines build_mask"):
+        NoMask.check_declaration()
+    with pytest.raises(
+        ValueError, match="declares seed: a name the config and the mask builder take already"
+    ):
+        Seeded.check_declaration()
+    with pytest.raises(ValueError, match="method class Nameless needs a name and a label"):
+        Nameless.check_declaration()
     with pytest.raises(ValueError, match="defaults must give num_classes"):
         DatasetSpec("shapeless", "", defaults={}, load=print, missing=print)
     shape = dict(num_classes=2, in_channels=1, image_size=4, mean=[0.5], std=[0.5])
@@ -175,18 +187,23 @@ def test_load_extensions_takes_a_list_of_names(extensions):
 
 
 def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
-    flavour = MethodSpec(
-        "scaled_sam",
-        "Scaled SAM",
-        SHARPNESS_AWARE,
-        "SAM with its radius scaled",
-        own_settings={"scale": Setting(2.0, above(0), "ρ is multiplied by this")},
-        optimizer=lambda params, settings, _: SAM(
-            params, torch.optim.SGD, **{**sam_options(settings), "rho": settings["rho"] * settings["scale"]}
-        ),
-    )
-    settings = flavour.with_defaults({"lr": 0.1, "weight_decay": 0.0, "rho": 0.05})
-    optimizer = flavour.build(list(small_conv_net().parameters()), settings, None)
+    class ScaledSAM(SharpnessAwareMethod):
+        name, label, description = "scaled_sam", "Scaled SAM", "SAM with its radius scaled"
+        settings = {
+            **SharpnessAwareMethod.settings,
+            "scale": Setting(2.0, above(0), "ρ is multiplied by this"),
+        }
+
+        @classmethod
+        def build_optimizer(cls, params, settings, mask=None):
+            return SAM(
+                params,
+                torch.optim.SGD,
+                **{**sam_options(settings), "rho": settings["rho"] * settings["scale"]},
+            )
+
+    settings = ScaledSAM.with_defaults({"lr": 0.1, "weight_decay": 0.0, "rho": 0.05})
+    optimizer = ScaledSAM.build_optimizer(list(small_conv_net().parameters()), settings)
     assert type(optimizer) is SAM and optimizer.param_groups[0]["rho"] == 0.1
 
 
@@ -197,14 +214,11 @@ def test_an_analysis_refuses_the_training_images_of_a_dataset_that_always_augmen
 
 
 def test_a_top_level_setting_that_only_the_trainer_reads_is_never_ignored(monkeypatch):
-    paced = MethodSpec(
-        "paced",
-        "Paced",
-        SGD,
-        "SGD with a setting read from epochs",
-        own_settings={"span": Setting("${epochs}", ANY, "")},
-    )
-    monkeypatch.setitem(METHODS, "paced", paced)
+    class Paced(Method):
+        name, label, description = "paced", "Paced", "SGD with a setting read from epochs"
+        settings = {**Method.settings, "span": Setting("${epochs}", ANY, "")}
+
+    monkeypatch.setitem(METHODS, "paced", Paced)
     assert ignored_settings("paced") == ignored_settings("sgd") == {"rho", "sparsity"}
 
 
@@ -229,3 +243,79 @@ def test_a_dataset_s_own_settings_reach_its_loader_with_their_defaults(monkeypat
     assert (seen["copies"], len(train)) == (2, 8)
     with pytest.raises(TypeError, match="dataset 'tiny' has no setting copy"):
         build_datasets("tiny", root=None, image_size=4, mean=[0.5], std=[0.5], copy=3)
+
+
+class NormsOnly(SparseSAMMethod):
+    """A structural mask (SAM-ON's: the normalisation layers' weights): it ignores sparsity, and
+    needs the masked norm, which it makes its default."""
+
+    name, label, description = "norms_only", "Norms only", "perturbs the BatchNorm weights alone"
+    settings = {
+        **without(SparseSAMMethod.settings, "sparsity"),
+        "norm": SparseSAMMethod.settings["norm"].with_default("masked"),
+    }
+
+    @classmethod
+    def build_mask(cls, context, settings):
+        return print  # never called here
+
+
+def test_a_method_sets_its_own_default_for_a_setting_of_the_class_it_extends(monkeypatch):
+    monkeypatch.setitem(METHODS, "norms_only", NormsOnly)
+    assert NormsOnly.with_defaults({})["norm"] == "masked"
+    assert run_variant({"optimizer": "norms_only", "norm": "masked"}) == ""
+    assert run_variant({"optimizer": "norms_only", "norm": "full"}) == "full norm"
+    with pytest.raises(ConfigError, match="the default 'half' must be one of full, masked"):
+        SparseSAMMethod.settings["norm"].with_default("half")
+
+
+def test_a_method_that_ignores_sparsity_leaves_it_out_of_names_and_records(monkeypatch):
+    monkeypatch.setitem(METHODS, "norms_only", NormsOnly)
+    assert ignored_settings("norms_only") == {"sparsity"}
+    assert "sparsity" not in NormsOnly.recorded_settings(NormsOnly.with_defaults({}))
+    from ssam.train.resolvers import run_name
+
+    assert run_name(["optimizer=norms_only", "sparsity=0.9"], "norms_only", "fashion_mnist", "mlp") == (
+        "optimizer=norms_only"
+    )
+
+
+def test_train_yaml_gives_each_run_setting_its_declared_default():
+    from ssam.train.run_settings import TOP_LEVEL_SETTINGS, TRAINER_SETTINGS
+
+    config = OmegaConf.load(REPO / "configs" / "train.yaml")
+    for key, setting in TOP_LEVEL_SETTINGS.items():
+        assert config[key] == setting.default, key
+    assert list(config.trainer) == list(TRAINER_SETTINGS)
+    for key, setting in TRAINER_SETTINGS.items():
+        assert config.trainer[key] == setting.default, key
+
+
+@pytest.mark.parametrize(
+    "name, settings, passes",
+    [
+        ("sgd", {}, 1.0),
+        ("sam", {}, 2.0),
+        ("sam", {"ascent_fraction": 0.5}, 1.5),
+        ("sam", {"m": 4}, 2.0),
+        ("sam", {"sam_from": 0.5}, 1.5),
+        ("ssam_d", {"sparsity": 0.5, "granularity": "tensor", "norm": "masked"}, 2.0),
+    ],
+)
+def test_a_method_s_passes_per_step_are_the_passes_its_steps_run(name, settings, passes):
+    """The examples the model sees in its forward passes over four steps, in whole batches."""
+    from ssam.train.kinds import RunContext
+    from ssam.train.loop import take_step
+    from ssam.train.passes import Passes
+
+    model, seen = small_conv_net(), []
+    data = batches(4, size=8)
+    values = {"lr": 0.1, "weight_decay": 0.0, "rho": 0.05, "sparsity": 0.5, **settings}
+    values = {key: value for key, value in values.items() if key in METHODS[name].settings}
+    train_set = torch.utils.data.TensorDataset(*data[0])
+    method = METHODS[name](values, RunContext(model, train_set, epochs=1, steps_per_epoch=4, seed=0))
+    method.start_epoch(0)
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    for step, (x, y) in enumerate(data):
+        take_step(method, Passes(model), x, y, step)
+    assert sum(seen) / (8 * len(data)) == method.passes_per_step == passes

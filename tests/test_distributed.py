@@ -21,12 +21,13 @@ from torch import nn
 
 import ssam.registry  # noqa: F401  (the declared options, for the spawned processes that compose)
 import ssam.train.builders as builders_module
+import ssam.train.parts as parts_module
 import ssam.train.run as run_module
 from ssam.data import missing_data_message
 from ssam.data.sampling import EpochShuffle
 from ssam.optim import SAM
-from ssam.train.loop import PERTURBATIONS, training_step
-from ssam.train.methods import build_optimizer
+from ssam.train.passes import PERTURBATIONS
+from ssam.train.steps import training_step
 
 if missing_data_message("fashion_mnist", None) is not None:
     pytest.skip("needs Fashion-MNIST", allow_module_level=True)
@@ -74,13 +75,13 @@ def run_objects(model=None):
     configured one."""
     seen = {}
 
-    def recorded(name, built_model, **options):
-        seen["model"] = built_model
-        seen["optimizer"] = build_optimizer(name, built_model, **options)
-        return seen["optimizer"]
+    def recorded(cfg, built_model, train_set, **options):
+        method = builders_module.method_from_config(cfg, built_model, train_set, **options)
+        seen["model"], seen["optimizer"] = built_model, method.optimizer
+        return method
 
     with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(builders_module, "build_optimizer", recorded))
+        stack.enter_context(mock.patch.object(parts_module, "method_from_config", recorded))
         if model is not None:
             stack.enter_context(mock.patch.object(builders_module, "build_model", lambda *_, **__: model()))
         yield seen
@@ -281,7 +282,7 @@ def test_stopped_in_mid_epoch_and_resumed_on_two_processes_is_bit_identical(torc
     actual = torch.load(run_dir / "last.pt", weights_only=True)
     for name, tensor in expected["model"].items():
         assert torch.equal(actual["model"][name], tensor), name
-    for mine, theirs in zip(actual["optimizer"]["masks"], expected["optimizer"]["masks"]):
+    for mine, theirs in zip(actual["method"]["optimizer"]["masks"], expected["method"]["optimizer"]["masks"]):
         assert torch.equal(mine, theirs)
     assert comparable(read_jsonl(run_dir / "metrics.jsonl")) == comparable(
         read_jsonl(straight / "metrics.jsonl")

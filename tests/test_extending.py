@@ -1,6 +1,7 @@
 """Extending ssam from outside the package, as docs/extending.md shows: a mask strategy
-(tests/extensions/magnitude.py), a dataset of PNG files (tests/extensions/png_folder.py) and a
-model (tests/extensions/mlp.py), each one Python file, plus a YAML preset that uses them
+(tests/extensions/magnitude.py), a method with its own step (tests/extensions/interval_sam.py),
+a dataset of PNG files (tests/extensions/png_folder.py) and a model (tests/extensions/mlp.py),
+each one Python file, plus a YAML preset that uses them
 (tests/extensions/experiment/). Nothing under ssam/ knows them; they train through train.py, in
 a sweep, and tables.py and plots.py show them."""
 
@@ -18,7 +19,7 @@ from helpers import batches, parameters_of, small_conv_net
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from PIL import Image
-from runs import REPO, read_json, read_jsonl, run_env
+from runs import REPO, assert_kill_and_resume_is_bit_identical, read_json, read_jsonl, run_env
 
 from ssam.data import build_datasets, labels_of
 from ssam.data.catalog import DATASETS
@@ -27,13 +28,18 @@ from ssam.extensions import load_extensions
 from ssam.models.catalog import MODELS
 from ssam.registry import register
 from ssam.train.builders import model_from_config
-from ssam.train.loop import training_step
-from ssam.train.methods import METHODS, build_mask_strategy, build_optimizer
+from ssam.train.kinds import RunContext
+from ssam.train.loop import take_step
+from ssam.train.methods import METHODS, SAMMethod, build_mask_strategy, build_optimizer
+from ssam.train.passes import Passes
 from ssam.train.resolvers import run_name
+from ssam.train.steps import training_step
 from ssam.train.validate import validate_config
 
 EXTENSIONS = REPO / "tests" / "extensions"
-MAGNITUDE, PNG_FOLDER, MLP = (f"tests/extensions/{name}.py" for name in ("magnitude", "png_folder", "mlp"))
+MAGNITUDE, INTERVAL, PNG_FOLDER, MLP = (
+    f"tests/extensions/{name}.py" for name in ("magnitude", "interval_sam", "png_folder", "mlp")
+)
 CLASSES, TRAIN_PER_CLASS, TEST_PER_CLASS = 3, 8, 4
 
 
@@ -114,8 +120,10 @@ def test_an_extension_method_s_own_setting_is_checked_like_a_built_in_one(extens
 
 
 def test_a_sweep_over_sparsity_keeps_it_in_an_extension_method_s_run_names(extensions):
-    assert run_name("optimizer=magnitude,sparsity=0.5", "magnitude") == "optimizer=magnitude,sparsity=0.5"
-    assert run_name("optimizer=sam,sparsity=0.5", "sam") == "optimizer=sam"
+    data, model = "fashion_mnist", "compact_resnet"
+    sweep = ["optimizer=magnitude", "sparsity=0.5"]
+    assert run_name(sweep, "magnitude", data, model) == "optimizer=magnitude,sparsity=0.5"
+    assert run_name(["optimizer=sam", "sparsity=0.5"], "sam", data, model) == "optimizer=sam"
 
 
 def test_sparsity_zero_magnitude_sam_is_sam_bit_for_bit(extensions):
@@ -134,6 +142,67 @@ def test_sparsity_zero_magnitude_sam_is_sam_bit_for_bit(extensions):
         runs.append(parameters_of(model))
     for sam, magnitude in zip(*runs):
         assert torch.equal(sam, magnitude)
+
+
+# --- a method with its own step: SAM every k-th step ---------------------------------------------
+
+SAM_SETTINGS = dict(lr=0.1, weight_decay=5e-4, rho=0.05)
+
+
+def interval_run(extensions, data, *, steps_per_epoch: int = 6, accumulate_steps: int = 1, **settings):
+    """IntervalSAM's (or SAM's, with ``settings["method"]``) steps over ``data``: the model, the
+    steps' results and the examples the model saw in its forward passes."""
+    method_class = settings.pop("method", None) or METHODS["interval_sam"]
+    model = small_conv_net()
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(len(inputs[0])))
+    method = method_class({**SAM_SETTINGS, **settings}, RunContext(model, None, 1, steps_per_epoch, seed=0))
+    passes = Passes(model, accumulate_steps=accumulate_steps)
+    results = [take_step(method, passes, x, y, step) for step, (x, y) in enumerate(data)]
+    return model, method, results, seen
+
+
+def test_interval_sam_with_k_1_is_sam_bit_for_bit(extensions):
+    load_extensions([INTERVAL])
+    data = batches(4)
+    interval, _, _, _ = interval_run(extensions, data, interval=1)
+    sam, _, _, _ = interval_run(extensions, data, method=SAMMethod)
+    for mine, theirs in zip(parameters_of(interval), parameters_of(sam)):
+        assert torch.equal(mine, theirs)
+
+
+def test_interval_sam_climbs_every_k_th_step_and_declares_the_passes_it_runs(extensions):
+    load_extensions([INTERVAL])
+    data = batches(6)
+    _, method, results, seen = interval_run(extensions, data, interval=3)
+    assert [result.sharpness_aware for result in results] == [True, False, False, True, False, False]
+    batch = len(data[0][1])
+    assert sum(seen) / (batch * len(data)) == pytest.approx(method.passes_per_step) == 1 + 1 / 3
+
+
+def test_interval_sam_takes_the_late_phase_and_accumulation_from_sam(extensions):
+    load_extensions([INTERVAL])
+    data = batches(6)
+    _, method, results, seen = interval_run(extensions, data, interval=2, sam_from=0.5, accumulate_steps=2)
+    # Steps 0-2 are before the phase (⌈0.5·6⌉ = 3), then every other step from the start of training.
+    assert [result.sharpness_aware for result in results] == [False, False, False, False, True, False]
+    assert max(seen) == len(data[0][1]) // 2  # micro-batches of half the batch
+    assert method.passes_per_step == pytest.approx(1 + 0.5 / 2)
+
+
+@pytest.mark.slow
+def test_a_killed_interval_sam_run_resumes_mid_epoch_bit_for_bit(tmp_path):
+    overrides = [
+        f"extensions=[{INTERVAL}]",
+        "optimizer=interval_sam",
+        "optimizer.interval=3",
+        "dataset.train_size=256",
+        "dataset.test_size=64",
+        "batch_size=32",
+        "epochs=2",
+        "trainer.checkpoint_every_steps=1",
+    ]
+    assert_kill_and_resume_is_bit_identical(tmp_path, overrides, kill_seed="interval_sam")
 
 
 # --- the dataset --------------------------------------------------------------------------------
@@ -202,6 +271,7 @@ def test_extending_md_shows_the_extension_files_as_they_are():
     blocks = FILE_BLOCK.findall((REPO / "docs" / "extending.md").read_text())
     assert [path for path, _ in blocks] == [
         MAGNITUDE,
+        INTERVAL,
         PNG_FOLDER,
         MLP,
         "tests/extensions/experiment/pngs_magnitude.yaml",
@@ -237,10 +307,10 @@ def test_a_sweep_trains_the_extensions_and_tables_and_plots_show_them(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = train_py(
         "-m",
-        f"extensions=[{MAGNITUDE},{PNG_FOLDER},{MLP}]",
+        f"extensions=[{MAGNITUDE},{INTERVAL},{PNG_FOLDER},{MLP}]",
         f"hydra.searchpath=[file://{EXTENSIONS}]",
         "experiment=pngs_magnitude",
-        "optimizer=sgd,magnitude",
+        "optimizer=sgd,magnitude,interval_sam",
         f"dataset.root={root}",
         "dataset.val_size=3",
         "trainer.progress_bar=false",
@@ -249,7 +319,16 @@ def test_a_sweep_trains_the_extensions_and_tables_and_plots_show_them(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     runs = {read_json(path)["optimizer"]: path.parent for path in sweep_dir.glob("*/summary.json")}
-    assert sorted(runs) == ["magnitude", "sgd"]
+    assert sorted(runs) == ["interval_sam", "magnitude", "sgd"]
+    interval = read_json(runs["interval_sam"] / "summary.json")
+    assert (interval["optimizer_label"], interval["interval"], interval["sparsity"]) == (
+        "Interval SAM",
+        2,
+        None,
+    )
+    # 21 training images in batches of 8: steps 0-2, then 3-5; SAM at steps 0, 2 and 4.
+    steps = [row["sharpness_aware_steps"] for row in read_jsonl(runs["interval_sam"] / "metrics.jsonl")]
+    assert steps == [2, 1] and interval["passes_per_step"] == 1.5
     summary = read_json(runs["magnitude"] / "summary.json")
     assert (summary["optimizer"], summary["optimizer_label"], summary["dataset"]) == (
         "magnitude",
@@ -268,7 +347,7 @@ def test_a_sweep_trains_the_extensions_and_tables_and_plots_show_them(tmp_path):
         text=True,
         check=True,
     )
-    assert "| dataset / model | SGD | Magnitude s=0.5 |" in table.stdout
+    assert "| dataset / model | SGD | Interval SAM | Magnitude s=0.5 |" in table.stdout
     assert "| pngs / mlp |" in table.stdout
     figures = tmp_path / "figures"
     subprocess.run(

@@ -12,9 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ssam.train.builders import step_options_from_config
-from ssam.train.loop import StepOptions
-from ssam.train.precision import Precision
+from ssam.train.kinds import SharpnessAwareOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -151,18 +149,18 @@ def test_every_configuration_composes_with_the_real_configs(config):
 
 
 def test_bench_steps_with_the_settings_of_each_configuration():
-    """The bench builds each configuration's step options as the trainer does."""
-    precision = Precision("none", torch.device("cpu"))
-    sgd = step_options_from_config(frontier.compose_config(["optimizer=sgd"]), precision)
-    assert sgd == StepOptions(precision=precision)
+    """The bench builds each configuration's method and passes as the trainer does."""
+    batches = {}
+    sgd = frontier.BenchedConfig(frontier.compose_config(["optimizer=sgd"]), batches)
+    assert sgd.passes.accumulate_steps == 1 and not hasattr(sgd.method, "options")
     overrides = frontier.run_overrides(
         PRESET,
         "ssam_f_tensor_s0.5_af0.25",
-        ["optimizer.m=4", "trainer.on_nonfinite=skip", "trainer.accumulate_steps=2"],
+        ["optimizer.num_samples=8", "trainer.on_nonfinite=skip", "trainer.accumulate_steps=2"],
     )
-    options = step_options_from_config(frontier.compose_config(overrides), precision)
-    assert (options.ascent_fraction, options.m, options.on_nonfinite) == (0.25, 4, "skip")
-    assert (options.bn_stats, options.perturbation, options.accumulate_steps) == ("ascent", "global", 2)
+    sparse = frontier.BenchedConfig(frontier.compose_config(overrides), batches)
+    assert sparse.method.options == SharpnessAwareOptions(ascent_fraction=0.25)
+    assert (sparse.passes.accumulate_steps, sparse.cfg.trainer.on_nonfinite) == (2, "skip")
 
 
 @pytest.fixture

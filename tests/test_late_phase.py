@@ -9,7 +9,7 @@ from test_ssam import RHO, SGD_OPTIONS
 
 from ssam import SAM
 from ssam.data import missing_data_message
-from ssam.train.loop import training_step
+from ssam.train.steps import training_step
 
 needs_data = pytest.mark.skipif(
     missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST"

@@ -17,7 +17,7 @@ from test_ssam import LR, MOMENTUM, RHO, SGD_OPTIONS, WEIGHT_DECAY, FixedMask, r
 from torch import nn
 
 from ssam import SAM, SSAM
-from ssam.train.loop import training_step
+from ssam.train.steps import training_step
 
 
 def net_without_batchnorm(seed: int = 0) -> nn.Module:
@@ -66,7 +66,7 @@ def test_each_shard_climbs_its_own_perturbation(m):
     reference = copy.deepcopy(model)
     optimizer = sam(model)
     for x, y in data:
-        training_step(model, optimizer, x, y, m=m)
+        training_step(model, optimizer, x, y, shard_size=m)
     reference_steps(reference, data, m)
     for mine, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12)
@@ -86,7 +86,7 @@ def test_sparse_sam_shards_share_one_mask():
         **SGD_OPTIONS,
     )
     for x, y in data:
-        training_step(model, optimizer, x, y, m=4)
+        training_step(model, optimizer, x, y, shard_size=4)
     reference_steps(reference, data, 4, masks=[mask.double() for mask in masks])
     for mine, theirs in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-12)
@@ -97,7 +97,7 @@ def test_shards_of_the_whole_batch_are_plain_sam_bit_for_bit():
     model, reference = small_conv_net(), small_conv_net()
     optimizer, reference_optimizer = sam(model), sam(reference)
     for x, y in data:
-        result = training_step(model, optimizer, x, y, m=8)
+        result = training_step(model, optimizer, x, y, shard_size=8)
         expected = training_step(reference, reference_optimizer, x, y)
         assert torch.equal(result.loss, expected.loss)
     assert_bitwise_equal(parameters_of(model), parameters_of(reference))
@@ -114,7 +114,7 @@ def test_loss_and_accuracy_are_over_the_whole_batch_at_w():
         expected_loss = sum(F.cross_entropy(model(xs), ys) * len(ys) / 8 for xs, ys in shards)
         expected_correct = sum(int((model(xs).argmax(1) == ys).sum()) for xs, ys in shards)
     model = small_conv_net()
-    result = training_step(model, sam(model), x, y, m=3)
+    result = training_step(model, sam(model), x, y, shard_size=3)
     assert result.examples == 8
     assert result.sharpness_aware
     assert int(result.correct) == expected_correct
@@ -122,4 +122,6 @@ def test_loss_and_accuracy_are_over_the_whole_batch_at_w():
 
 
 def test_a_non_finite_shard_skips_the_whole_step():
-    assert_a_non_finite_example_skips_the_whole_step(sam, poisoned=10, m=3)  # in the last of 4 shards
+    assert_a_non_finite_example_skips_the_whole_step(
+        sam, poisoned=10, shard_size=3
+    )  # in the last of 4 shards

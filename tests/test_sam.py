@@ -12,7 +12,7 @@ from torch import nn
 from torch.func import functional_call
 
 from ssam import SAM
-from ssam.train.loop import training_step
+from ssam.train.steps import training_step
 
 LR, MOMENTUM, WEIGHT_DECAY, RHO = 0.1, 0.9, 5e-4, 0.05
 

@@ -8,7 +8,7 @@ from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
 from test_ssam import SGD_OPTIONS, FixedMask
 
 from ssam import SSAM
-from ssam.train.loop import training_step
+from ssam.train.steps import training_step
 
 RHO = 0.05
 

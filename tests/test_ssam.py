@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from ssam import SAM, SSAM, DynamicMask, FisherMask
 from ssam.optim.ssam import mask_overlap
-from ssam.train.loop import training_step
+from ssam.train.steps import training_step
 
 LR, MOMENTUM, WEIGHT_DECAY, RHO = 0.1, 0.9, 5e-4, 0.05
 SGD_OPTIONS = dict(lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)

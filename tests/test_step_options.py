@@ -11,8 +11,9 @@ from test_ssam import RHO, SGD_OPTIONS
 
 from ssam import SAM
 from ssam.optim import frozen_batchnorm_stats
-from ssam.train.loop import NonFiniteError, ascent_batch_size, training_step
+from ssam.train.passes import NonFiniteError
 from ssam.train.precision import DynamicLossScale, Precision
+from ssam.train.steps import ascent_batch_size, training_step
 
 CPU = torch.device("cpu")
 

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 from runs import REPO, read_jsonl, run_env, train
 
 from ssam.data import missing_data_message
+from ssam.train.records import setting_name, setting_tags
 from ssam.train.resolvers import run_name
-from ssam.train.run import setting_name, setting_tags
 
 PRESETS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
 
@@ -71,7 +71,28 @@ def test_imagenet_preset_has_the_papers_settings():
     ],
 )
 def test_run_directory_names_drop_sparsity_only_where_it_means_nothing(overrides, optimizer, expected):
-    assert run_name(overrides, optimizer) == expected
+    task = overrides.split(",") if overrides else []
+    assert run_name(task, optimizer, "fashion_mnist", "compact_resnet") == expected
+
+
+def test_run_directory_names_leave_out_what_does_not_change_results():
+    task = [
+        "seed=1",
+        "trainer.num_workers=2",
+        "trainer.eval_batch_size=64",
+        "resume=false",
+        "experiment=fmnist_cpu",
+        "extensions=[a.py,b/c.py]",
+        "logger=wandb",
+        "trainer.accumulate_steps=2",
+        "dataset.download=true",
+    ]
+    assert run_name(task, "sam", "fashion_mnist", "compact_resnet") == "seed=1,trainer.accumulate_steps=2"
+
+
+def test_a_value_that_holds_a_path_stays_one_folder():
+    name = run_name(["dataset.root=/data/a/b", "optimizer=sam"], "sam", "fashion_mnist", "compact_resnet")
+    assert "/" not in name and name == "dataset.root=%2Fdata%2Fa%2Fb,optimizer=sam"
 
 
 def test_slurm_launcher_composes_with_requeue():

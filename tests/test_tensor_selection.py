@@ -12,8 +12,8 @@ from torch.utils.data import TensorDataset
 
 from ssam import SAM, SSAM, DynamicMask, TensorSelection, estimate_backward_cost
 from ssam.optim.backward_cost import BackwardCost
-from ssam.train.loop import training_step
 from ssam.train.methods import build_mask_strategy
+from ssam.train.steps import training_step
 
 
 def mlp():

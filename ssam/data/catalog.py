@@ -10,7 +10,7 @@ dataset: docs/extending.md.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,9 @@ RESERVED_NAMES = ("name", "train", "transform")
 
 DATASET_SETTINGS = {
     "root": Setting(None, FOLDER, "folder that holds the data"),
-    "download": Setting(False, BOOLEAN, "true: fetch it into root if missing (needs the network)"),
+    "download": Setting(
+        False, BOOLEAN, "true: fetch it into root if missing (needs the network)", changes_results=False
+    ),
     "train_size": Setting(
         None, optional(POSITIVE_INT), "null = all; an int takes a fixed, seed-independent subset"
     ),
@@ -156,7 +158,8 @@ class DatasetSpec:
     @property
     def settings(self) -> dict[str, Setting]:
         shared = {
-            key: Setting(self.defaults.get(key, s.default), s.check, s.help) for key, s in DATASET_SETTINGS.items()
+            key: replace(setting, default=self.defaults.get(key, setting.default))
+            for key, setting in DATASET_SETTINGS.items()
         }
         return {**shared, **self.own_settings}
 

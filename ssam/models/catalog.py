@@ -35,10 +35,10 @@ class ModelSpec:
     settings: Mapping[str, Setting] = field(default_factory=dict)
     # Keys beyond the declared ones (+model.<key>=...) go to the builder: timm's own options.
     accepts_more: bool = False
-    checks: tuple[Callable[[Mapping[str, Any]], None], ...] = ()  # of the whole config, resolved
+    settings_checks: tuple[Callable[[Mapping[str, Any]], None], ...] = ()  # of the whole config, resolved
 
-    def check(self, config: Mapping[str, Any]) -> None:
-        for check in self.checks:
+    def check_settings(self, config: Mapping[str, Any]) -> None:
+        for check in self.settings_checks:
             check(config)
 
     def with_defaults(self, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +81,7 @@ TIMM_OPTIONS = dict(
         arch, num_classes=num_classes, in_channels=in_channels, image_size=image_size, **options
     ),
     accepts_more=True,
-    checks=(_check_timm_architecture,),
+    settings_checks=(_check_timm_architecture,),
 )
 
 COMPACT_RESNET = ModelSpec(

@@ -1,12 +1,10 @@
-"""Building a run's parts from its config: datasets, model, loaders, optimizer, step options.
+"""Building a run's parts from its config: datasets, model, loaders, method, passes.
 
 The trainer (ssam.train.run), ssam.analyze and the scripts build what they need here, so that a
 benchmark or an analysis sees exactly what a run trains.
 """
 
 from __future__ import annotations
-
-from dataclasses import fields
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -16,9 +14,10 @@ from ssam import data
 from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.models import build_model
-from ssam.train.distributed import SINGLE_PROCESS, MasksFromMain, Replicas
-from ssam.train.loop import StepOptions
-from ssam.train.methods import build_mask_strategy, build_optimizer, method_named
+from ssam.train.distributed import SINGLE_PROCESS, Replicas
+from ssam.train.kinds import Method, RunContext
+from ssam.train.methods import method_named
+from ssam.train.passes import Passes
 from ssam.train.precision import Precision
 
 
@@ -109,34 +108,24 @@ def build_loaders(
     return train_loader, eval_loader(cfg, test_set, device)
 
 
-def optimizer_from_config(
-    cfg: DictConfig, model: torch.nn.Module, train_set, replicas: Replicas = SINGLE_PROCESS
-) -> torch.optim.Optimizer:
-    """The run's optimizer for ``model``, with its mask strategy for Sparse SAM (which reads
-    ``train_set``); under data parallelism every process takes rank 0's masks."""
-    name = cfg.optimizer.name
-    settings = _section(cfg, "optimizer")
-    strategy = None
-    if method_named(name).sparse:
-        strategy = build_mask_strategy(name, model, train_set, epochs=cfg.epochs, seed=cfg.seed, **settings)
-        if replicas.world_size > 1:
-            strategy = MasksFromMain(strategy, replicas)
-    return build_optimizer(name, model, mask_strategy=strategy, **settings)
+def method_from_config(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    train_set: torch.utils.data.Dataset,
+    *,
+    steps_per_epoch: int,
+    replicas: Replicas = SINGLE_PROCESS,
+) -> Method:
+    """The run's method, its optimizer built over ``model`` (Sparse SAM's mask strategy reads
+    ``train_set``; under data parallelism every process takes rank 0's masks)."""
+    method = method_named(cfg.optimizer.name)
+    run = RunContext(model, train_set, cfg.epochs, steps_per_epoch, cfg.seed, replicas)
+    return method(_section(cfg, "optimizer"), run)
 
 
-def step_options_from_config(
-    cfg: DictConfig, precision: Precision, replicas: Replicas = SINGLE_PROCESS
-) -> StepOptions:
-    """How the trainer runs each step: every StepOptions setting the optimizer's config holds
-    (bn_stats, ascent_fraction, m, perturbation; SGD's holds none), read by field name so that a
-    step setting added to both reaches every caller, and the trainer's own."""
-    settings = {
-        field.name: cfg.optimizer[field.name] for field in fields(StepOptions) if field.name in cfg.optimizer
-    }
-    return StepOptions(
-        **settings,
-        on_nonfinite=cfg.trainer.on_nonfinite,
-        accumulate_steps=cfg.trainer.accumulate_steps,
-        precision=precision,
-        replicas=replicas,
-    )
+def passes_from_config(
+    cfg: DictConfig, model: torch.nn.Module, precision: Precision, replicas: Replicas = SINGLE_PROCESS
+) -> Passes:
+    """How the run's passes run: through ``model`` (under DDP, compiled if asked), in its
+    precision, over trainer.accumulate_steps micro-batches."""
+    return Passes(model, precision, replicas, cfg.trainer.accumulate_steps)

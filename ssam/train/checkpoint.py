@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = "ssam-checkpoint-1"
+CHECKPOINT_FORMAT = "ssam-checkpoint-2"
 
 
 class CheckpointError(RuntimeError):

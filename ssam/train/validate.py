@@ -13,41 +13,21 @@ from ssam.data.catalog import DATASETS, DatasetSpec, dataset_named
 from ssam.devices import resolve_device
 from ssam.errors import ConfigError
 from ssam.models.catalog import model_named
-from ssam.settings import (
-    BOOLEAN,
-    FRACTION,
-    INTEGER,
-    NON_NEGATIVE_INT,
-    POSITIVE_INT,
-    above,
-    at_least,
-    check_section,
-    in_range,
-    one_of,
-)
-from ssam.train.loop import ON_NONFINITE
+from ssam.settings import check_section, in_range, one_of
 from ssam.train.methods import method_named
-from ssam.train.precision import AMP
+from ssam.train.run_settings import TOP_LEVEL_SETTINGS, TRAINER_SETTINGS
 from ssam.train.schedulers import SCHEDULERS
 from ssam.train.wandb_sink import WANDB_MODES
 
-DEVICES = ("auto", "cpu", "cuda")
-
 
 def _check_top_level(cfg: DictConfig) -> None:
+    # Every declared top-level setting is checked, even one the optimizer ignores: the key a user
+    # typed is the one to name, and a typo in rho or sparsity is reported whatever the method.
+    for key, setting in TOP_LEVEL_SETTINGS.items():
+        setting.check(key, cfg[key])
     one_of(*SCHEDULERS)("scheduler", cfg.scheduler.name)
-    one_of(*DEVICES)("device", cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device=cuda but no CUDA device is available; use device=cpu or device=auto")
-    # Checked here, not only where the optimizer's settings read them: the key a user typed is
-    # the one to name, and a method that ignores rho or sparsity still gets a typo reported.
-    above(0)("lr", cfg.lr)
-    at_least(0)("weight_decay", cfg.weight_decay)
-    at_least(0)("rho", cfg.rho)
-    FRACTION("sparsity", cfg.sparsity)
-    POSITIVE_INT("epochs", cfg.epochs)
-    POSITIVE_INT("batch_size", cfg.batch_size)
-    INTEGER("seed", cfg.seed)
     if cfg.scheduler.name == "step":
         in_range(0.0, 1.0)("scheduler.gamma", cfg.scheduler.gamma)
         for milestone in cfg.scheduler.milestones:
@@ -58,25 +38,17 @@ def _check_top_level(cfg: DictConfig) -> None:
 
 def _check_trainer(cfg: DictConfig) -> None:
     trainer = cfg.trainer
-    POSITIVE_INT("trainer.eval_batch_size", trainer.eval_batch_size)
-    NON_NEGATIVE_INT("trainer.num_workers", trainer.num_workers)
-    NON_NEGATIVE_INT("trainer.checkpoint_every_steps", trainer.checkpoint_every_steps)
-    POSITIVE_INT("trainer.accumulate_steps", trainer.accumulate_steps)
+    check_section("trainer", trainer, TRAINER_SETTINGS, accepts_more=False)
     if trainer.accumulate_steps > cfg.batch_size:
         raise ConfigError(
             f"trainer.accumulate_steps ({trainer.accumulate_steps}) must be at most batch_size "
             f"({cfg.batch_size}): each micro-batch needs an example"
         )
-    one_of(*ON_NONFINITE)("trainer.on_nonfinite", trainer.on_nonfinite)
-    one_of(*AMP)("trainer.amp", trainer.amp)
-    for key in ("channels_last", "compile", "sync_batchnorm"):
-        BOOLEAN(f"trainer.{key}", trainer[key])
     if trainer.sync_batchnorm and resolve_device(cfg.device).type != "cuda":
         raise ConfigError(
             "trainer.sync_batchnorm=true needs GPUs: torch's SyncBatchNorm does not run on the CPU; "
             "set trainer.sync_batchnorm=false"
         )
-    NON_NEGATIVE_INT("trainer.track_sharpness_every", trainer.track_sharpness_every)
 
 
 def _check_data(config: Mapping[str, Any], spec: DatasetSpec) -> None:
@@ -115,6 +87,6 @@ def validate_config(cfg: DictConfig) -> None:
     check_section("model", cfg.model, model.settings, accepts_more=model.accepts_more)
     # The declarations' checks read plain values, not the config object.
     config = OmegaConf.to_container(cfg, resolve=True)
-    method.check(config)
-    model.check(config)
+    method.check_settings(config)
+    model.check_settings(config)
     _check_data(config, dataset)

@@ -6,7 +6,7 @@ python train.py extensions=[tests/extensions/magnitude.py] optimizer=magnitude s
 from ssam.optim import mask_from_scores
 from ssam.registry import register
 from ssam.settings import BOOLEAN, Setting
-from ssam.train.kinds import KEY_EQUALS_VALUE, SPARSE, MethodSpec
+from ssam.train.kinds import KEY_EQUALS_VALUE, SparseSAMMethod
 
 
 class MagnitudeMask:
@@ -32,19 +32,22 @@ class MagnitudeMask:
         pass
 
 
-register(
-    MethodSpec(
-        "magnitude",
-        "Magnitude",
-        SPARSE,
-        "Sparse SAM perturbing the weights of largest |w|",
-        own_settings={
-            "largest": Setting(
-                True, BOOLEAN, "true: the largest |w|; false: the smallest", variant=KEY_EQUALS_VALUE
-            )
-        },
-        mask=lambda context, settings: MagnitudeMask(
-            largest=settings["largest"], update_freq=settings["update_freq"], selection=context.selection
+class Magnitude(SparseSAMMethod):
+    name = "magnitude"
+    label = "Magnitude"
+    description = "Sparse SAM perturbing the weights of largest |w|"
+    settings = {
+        **SparseSAMMethod.settings,
+        "largest": Setting(
+            True, BOOLEAN, "true: the largest |w|; false: the smallest", variant=KEY_EQUALS_VALUE
         ),
-    )
-)
+    }
+
+    @classmethod
+    def build_mask(cls, context, settings):
+        return MagnitudeMask(
+            largest=settings["largest"], update_freq=settings["update_freq"], selection=context.selection
+        )
+
+
+register(Magnitude)

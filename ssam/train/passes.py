@@ -1,0 +1,131 @@
+"""Forward-backward passes, the bricks every method's step is built of.
+
+A pass runs a batch forward and backward under the run's precision, over ``accumulate_steps``
+micro-batches whose gradients add up in ``.grad``, inside DDP's machinery when data-parallel, and
+is checked for non-finite values. What a method does between its passes (climb to w + ε, step the
+base optimizer) is the method's (ssam/train/steps.py, ssam/train/kinds.py); how a pass runs is
+the same for all of them, and lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from ssam.optim import frozen_batchnorm_stats
+from ssam.train.distributed import SINGLE_PROCESS, Replicas
+from ssam.train.precision import FLOAT32, Precision
+
+BN_STATS = ("ascent", "descent", "both")
+ON_NONFINITE = ("stop", "skip")
+PERTURBATIONS = ("global", "local")
+
+
+class NonFiniteError(RuntimeError):
+    """A pass produced a loss or gradient that is inf or NaN."""
+
+    def __init__(self, pass_name: str) -> None:
+        super().__init__(f"non-finite loss or gradient in the {pass_name} pass")
+        self.pass_name = pass_name
+
+
+class PassFailed(Exception):
+    """A pass produced a non-finite loss or gradient: the step is abandoned."""
+
+    def __init__(self, pass_name: str, loss: torch.Tensor) -> None:
+        super().__init__(pass_name)
+        self.pass_name = pass_name
+        self.loss = loss
+
+
+@dataclass
+class StepResult:
+    """What one step reports: the loss and correct predictions (over ``examples``), whether it
+    was skipped or climbed to w + ε, and what it adds to the epoch's running totals
+    (ssam/train/progress.py), such as a sharpness-aware step's ‖ε‖."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    examples: int
+    skipped: bool = False
+    sharpness_aware: bool = False
+    totals: dict[str, float | int] = field(default_factory=dict)
+
+
+def _finite_check(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """A 0-d bool tensor: the loss and the gradient norm are finite (no host sync here)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.to(loss.device))
+
+
+def micro_batches(
+    inputs: torch.Tensor, targets: torch.Tensor, count: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, float, bool]]:
+    """The batch in ``count`` consecutive micro-batches (fewer when it has fewer examples), their
+    sizes differing by at most one; yields each with its share of the batch's examples and
+    whether it is the last. Weighting each micro-batch's mean loss by its share makes the summed
+    gradient the whole batch's mean-loss gradient, whether or not ``count`` divides the batch.
+    One micro-batch is the batch itself, with share 1.0 (multiplying by it is exact)."""
+    size = len(targets)
+    count = min(count, size)
+    pieces = zip(inputs.tensor_split(count), targets.tensor_split(count))
+    for index, (micro_inputs, micro_targets) in enumerate(pieces):
+        yield micro_inputs, micro_targets, len(micro_targets) / size, index == count - 1
+
+
+@dataclass
+class Passes:
+    """How a run's passes run: its model (under DDP when data-parallel), precision, processes and
+    micro-batches. Every method's step runs its passes through one of these."""
+
+    model: torch.nn.Module
+    precision: Precision = FLOAT32
+    replicas: Replicas = SINGLE_PROCESS
+    accumulate_steps: int = 1
+
+    def __post_init__(self) -> None:
+        steps = self.accumulate_steps
+        if isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1):
+            raise ValueError(f"accumulate_steps must be an integer >= 1, got {steps!r}")
+
+    def forward_backward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        backward: Callable[[torch.Tensor], None] = torch.Tensor.backward,
+        *,
+        freeze_stats: bool,
+        weight: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the gradient of ``weight`` × the batch's mean loss to ``.grad``, micro-batch by
+        micro-batch (scaled under fp16, not yet unscaled); returns the mean loss (detached) and
+        the number of correct predictions. BatchNorm statistics, unless frozen, are updated by
+        every micro-batch, as in any gradient accumulation."""
+        scale = self.precision.loss_scale
+        losses, correct = [], []
+        for micro_inputs, micro_targets, share, last in micro_batches(inputs, targets, self.accumulate_steps):
+            with self.replicas.accumulating(self.model, last=last):
+                with (
+                    frozen_batchnorm_stats(self.model) if freeze_stats else nullcontext(),
+                    self.precision.autocast(),
+                ):
+                    logits = self.model(micro_inputs)
+                    loss = F.cross_entropy(logits, micro_targets)
+                weighted = loss * (weight * share)
+                backward(weighted if scale is None else scale.scaled(weighted))
+            losses.append(loss.detach() * share)
+            correct.append((logits.argmax(dim=1) == micro_targets).sum())
+        return torch.stack(losses).sum(), torch.stack(correct).sum()
+
+    def check(self, loss: torch.Tensor, params: list[torch.Tensor], pass_name: str) -> None:
+        """Unscale the pass's gradient under fp16 and check it and the loss: a non-finite value in
+        any micro-batch makes the sum non-finite, and abandons the step (PassFailed)."""
+        if self.precision.loss_scale is not None:
+            self.precision.loss_scale.unscale_(params)
+        if not self.replicas.all_true(_finite_check(loss, self.model)):
+            raise PassFailed(pass_name, loss)
