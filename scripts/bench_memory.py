@@ -26,6 +26,7 @@ import torch
 
 from ssam.devices import device_name
 from ssam.models import build_model
+from ssam.train.kinds import SparseSAMMethod
 from ssam.train.methods import build_mask_strategy, build_optimizer, method_named
 from ssam.train.records import peak_memory_mb
 from ssam.train.steps import training_step
@@ -52,7 +53,7 @@ def measure(args: argparse.Namespace) -> dict:
     settings = dict(lr=0.01, weight_decay=0.0)
     if "rho" in method.settings:
         settings["rho"] = 0.05
-    if method.sparse:
+    if issubclass(method, SparseSAMMethod):
         examples = torch.utils.data.TensorDataset(inputs.cpu(), targets.cpu())
         fisher = {"num_samples": 16} if "num_samples" in method.settings else {}
         mask = build_mask_strategy(args.optimizer, model, examples, epochs=1, seed=0, **fisher)

@@ -120,7 +120,7 @@ class Setting:
         return None
 
     def with_default(self, default: Any) -> Setting:
-        """This setting with another default: a method's own choice for a setting of its kind."""
+        """This setting with another default: a method's own choice for a setting it inherits."""
         self.check(f"the default {default!r}", default)
         return replace(self, default=default)
 

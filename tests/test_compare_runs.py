@@ -64,3 +64,15 @@ def test_runs_kept_without_their_checkpoints_are_compared_on_the_rest(tmp_path):
     result = compare(tmp_path / "before", tmp_path / "after")
     assert result.returncode == 0
     assert "| sam | 80.00 | 80.00 | identical | not kept | — |" in result.stdout
+
+
+def test_summaries_are_compared_on_their_shared_keys_times_aside(tmp_path):
+    for side, summary in (
+        ("before", {"final_test_acc": 80.0, "seed": 0, "train_time_s": 3.0}),
+        ("after", {"final_test_acc": 80.0, "seed": 1, "train_time_s": 5.0, "passes_per_step": 2.0}),
+    ):
+        write_run(tmp_path / side / "sam", weight=1.0, epoch_time_s=3.0)
+        (tmp_path / side / "sam" / "summary.json").write_text(json.dumps(summary))
+    result = compare(tmp_path / "before", tmp_path / "after")
+    assert result.returncode == 1
+    assert result.stdout.rstrip().endswith("| identical | identical | — | DIFFERENT |")

@@ -212,3 +212,43 @@ def test_resuming_under_another_precision_names_the_difference(tmp_path):
     result = train(run_dir, [*small, "trainer.amp=bf16"])
     assert result.returncode == 2
     assert "trainer.amp: 'none' there, 'bf16' now" in result.stderr
+
+
+def test_a_checkpoint_of_the_first_format_is_read_in_today_s_layout():
+    """last.pt as written before methods kept their own state: the optimizer's state at the top,
+    the history a dict, the interrupted epoch's totals as fields, dataset.download in the identity."""
+    from ssam.train.resume import _upgraded
+
+    earlier = {
+        "format": "ssam-checkpoint-1",
+        "identity": {"seed": 0, "dataset": {"name": "fashion_mnist", "download": False}},
+        "optimizer": {"state": {}},
+        "history": {"epoch": 1, "best_test_acc": 50.0, "train_time_s": 2.0, "step_times_s": [1.0]},
+        "epoch_progress": {
+            "step": 3,
+            "loss_sum": 6.0,
+            "correct": 9,
+            "images": 12,
+            "trained_images": 12,
+            "skipped_steps": 0,
+            "sharpness_aware_steps": 3,
+            "time_s": 1.5,
+            "perturbation_norm_sum": 0.3,
+            "step_times_s": [0.5, 0.5, 0.5],
+            "lr_at_start": 0.1,
+            "mask_update_time_at_start": 0.25,
+        },
+    }
+    totals = ["loss_sum", "correct", "images", "trained_images", "skipped_steps", "sharpness_aware_steps"]
+    state = _upgraded(earlier, totals)
+    assert state["method"] == {"optimizer": {"state": {}}, "mask_update_time_at_epoch_start": 0.25}
+    assert state["history"] == earlier["history"]
+    assert state["epoch_progress"] == {
+        "step": 3,
+        "time_s": 1.5,
+        "step_times_s": [0.5, 0.5, 0.5],
+        "lr_at_start": 0.1,
+        "totals": {name: earlier["epoch_progress"][name] for name in totals},
+    }
+    assert state["identity"] == {"seed": 0, "dataset": {"name": "fashion_mnist"}}
+    assert earlier["identity"]["dataset"]["download"] is False  # the original is left alone

@@ -195,11 +195,11 @@ def test_a_method_may_build_its_own_optimizer_from_its_own_settings():
         }
 
         @classmethod
-        def build_optimizer(cls, params, settings, mask=None):
+        def build_optimizer(cls, params, values, mask=None):
             return SAM(
                 params,
                 torch.optim.SGD,
-                **{**sam_options(settings), "rho": settings["rho"] * settings["scale"]},
+                **{**sam_options(values), "rho": values["rho"] * values["scale"]},
             )
 
     settings = ScaledSAM.with_defaults({"lr": 0.1, "weight_decay": 0.0, "rho": 0.05})
@@ -256,7 +256,7 @@ class NormsOnly(SparseSAMMethod):
     }
 
     @classmethod
-    def build_mask(cls, context, settings):
+    def build_mask(cls, context, values):
         return print  # never called here
 
 

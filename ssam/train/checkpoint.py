@@ -19,6 +19,8 @@ from typing import Any
 import torch
 
 CHECKPOINT_FORMAT = "ssam-checkpoint-2"
+# Written by earlier versions, still read (ssam/train/resume.py brings them up to date).
+EARLIER_FORMATS = ("ssam-checkpoint-1",)
 
 
 class CheckpointError(RuntimeError):
@@ -52,7 +54,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"cannot read checkpoint {path}: {type(error).__name__}: {str(error).splitlines()[0]}. "
             "It is truncated or was not written by ssam; delete it (or pass resume=false) to start over"
         ) from error
-    if not isinstance(state, dict) or "format" not in state or state["format"] != CHECKPOINT_FORMAT:
+    if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, *EARLIER_FORMATS):
         raise CheckpointError(f"{path} is not an ssam checkpoint (format {CHECKPOINT_FORMAT} expected)")
     return state
 

@@ -56,9 +56,10 @@ RESERVED_NAMES = ("name", "epochs", "seed", "mask_strategy")
 # settings follows one ignores it, and a sweep over it runs that method once.
 OPTIMIZER_KNOBS = ("lr", "weight_decay", "rho", "sparsity")
 
-Settings = Mapping[str, Any]
-# Opens one of the run directory's JSON-lines files by name (a no-op writer off the main process).
-OpenLines = Callable[[str], JsonLines]
+# A method's values of its settings (``settings`` are their declarations).
+SettingValues = Mapping[str, Any]
+# Opens one of the run directory's JSON-lines files by name (None off the main process).
+OpenLines = Callable[[str], "JsonLines | None"]
 
 
 @dataclass(frozen=True)
@@ -100,14 +101,14 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def sgd_options(settings: Settings) -> dict[str, Any]:
-    """The base SGD's keyword arguments, from a method's settings."""
-    return {key: settings[key] for key in ("lr", "momentum", "weight_decay", "nesterov")}
+def sgd_options(values: SettingValues) -> dict[str, Any]:
+    """The base SGD's keyword arguments, from a method's values of its settings."""
+    return {key: values[key] for key in ("lr", "momentum", "weight_decay", "nesterov")}
 
 
-def sam_options(settings: Settings) -> dict[str, Any]:
-    """SAM's keyword arguments (ρ, adaptive, and the base SGD's), from a method's settings."""
-    return {"rho": settings["rho"], "adaptive": settings["adaptive"], **sgd_options(settings)}
+def sam_options(values: SettingValues) -> dict[str, Any]:
+    """SAM's keyword arguments (ρ, adaptive, and the base SGD's), from a method's values of its settings."""
+    return {"rho": values["rho"], "adaptive": values["adaptive"], **sgd_options(values)}
 
 
 def _method_classes(method: type[Method]) -> list[type[Method]]:
@@ -160,16 +161,16 @@ class Method:
             raise ConfigError("optimizer.nesterov=true needs optimizer.momentum > 0, got 0")
 
     @classmethod
-    def advice(cls, settings: Settings) -> list[str]:
+    def advice(cls, values: SettingValues) -> list[str]:
         """Notes for the console at the start of a run with these settings."""
         return []
 
     @classmethod
-    def with_defaults(cls, given: Settings) -> dict[str, Any]:
+    def with_defaults(cls, given: SettingValues) -> dict[str, Any]:
         return with_defaults(cls.settings, given, what=f"optimizer {cls.name!r}")
 
     @classmethod
-    def complete_settings(cls, given: Settings) -> dict[str, Any]:
+    def complete_settings(cls, given: SettingValues) -> dict[str, Any]:
         """``given`` and the declared default of every other setting, for building: the settings
         that follow a top-level one (lr, weight_decay, rho, sparsity) have no default of their
         own, and a missing one is a TypeError."""
@@ -185,16 +186,16 @@ class Method:
         return {knob for knob in OPTIMIZER_KNOBS if knob not in followed}
 
     @classmethod
-    def recorded_settings(cls, settings: Settings) -> dict[str, Any]:
+    def recorded_settings(cls, values: SettingValues) -> dict[str, Any]:
         """The settings summary.json records: tables tell methods and variants apart by them."""
         return {
-            key: settings[key]
+            key: values[key]
             for key, setting in cls.settings.items()
             if setting.variant or key in cls.summary_settings
         }
 
     @classmethod
-    def variant(cls, recorded: Settings, *, world_size: int = 1) -> str:
+    def variant(cls, recorded: SettingValues, *, world_size: int = 1) -> str:
         """The recorded variant settings that differ from this method's defaults, the most
         specific first (this class's own, then its parent's, and so on), e.g. "tensor, masked
         norm": a column of its own in tables."""
@@ -213,15 +214,15 @@ class Method:
 
     @classmethod
     def build_optimizer(
-        cls, params: list[torch.nn.Parameter], settings: Settings, mask: MaskStrategy | None = None
+        cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
     ) -> torch.optim.Optimizer:
         """The optimizer over ``params``; ``mask`` is Sparse SAM's mask strategy."""
-        return torch.optim.SGD(params, **sgd_options(settings))
+        return torch.optim.SGD(params, **sgd_options(values))
 
     # --- the behaviour: one instance per run ----------------------------------------------
 
-    def __init__(self, settings: Settings, run: RunContext) -> None:
-        self.values = self.complete_settings(settings)  # this run's value of each setting
+    def __init__(self, values: SettingValues, run: RunContext) -> None:
+        self.values = self.complete_settings(values)  # this run's value of each setting
         self.run = run
         self.optimizer = self.build_run_optimizer()
 
@@ -243,10 +244,10 @@ class Method:
     def start_epoch(self, epoch: int) -> None:
         """Called when epoch ``epoch`` (0-based) starts, not when a run resumes within it."""
 
-    def step(self, passes: Passes, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> StepResult:
-        """One optimizer step on the batch; ``step`` counts the steps from the start of training
-        (0-based). Raise nothing on a non-finite pass: ``passes.check`` does, and the trainer
-        skips or stops (after ``abandon_step``)."""
+    def step(self, passes: Passes, inputs: torch.Tensor, targets: torch.Tensor, index: int) -> StepResult:
+        """One optimizer step on the batch; ``index`` counts the steps from the start of
+        training (0-based). Raise nothing on a non-finite pass: ``passes.check`` does, and the
+        trainer skips or stops (after ``abandon_step``)."""
         return sgd_step(passes, self.base_optimizer, inputs, targets)
 
     def abandon_step(self) -> None:
@@ -254,7 +255,8 @@ class Method:
 
     def open_records(self, open_lines: OpenLines) -> None:
         """Open the JSON-lines files it writes in the run directory (after a resume's state is
-        loaded: drop the records it is about to write again)."""
+        loaded: drop the records it is about to write again). Off the main process
+        ``open_lines`` gives None: write nothing there."""
 
     def after_step(self, epoch: int) -> None:
         """Called after every step, before any checkpoint: write what the step changed."""
@@ -349,21 +351,21 @@ class SharpnessAwareMethod(Method):
 
     @classmethod
     def build_optimizer(
-        cls, params: list[torch.nn.Parameter], settings: Settings, mask: MaskStrategy | None = None
+        cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
     ) -> SAM:
-        return SAM(params, torch.optim.SGD, **sam_options(settings))
+        return SAM(params, torch.optim.SGD, **sam_options(values))
 
-    def __init__(self, settings: Settings, run: RunContext) -> None:
-        super().__init__(settings, run)
-        settings = self.values
+    def __init__(self, values: SettingValues, run: RunContext) -> None:
+        super().__init__(values, run)
+        values = self.values
         self.options = SharpnessAwareOptions(
-            bn_stats=settings["bn_stats"],
-            perturbation=settings["perturbation"],
-            ascent_fraction=settings["ascent_fraction"],
-            shard_size=settings["m"],
+            bn_stats=values["bn_stats"],
+            perturbation=values["perturbation"],
+            ascent_fraction=values["ascent_fraction"],
+            shard_size=values["m"],
         )
         # Late-phase SAM: the steps before this one (counted from the start of training) are plain.
-        self.first_sharpness_aware_step = math.ceil(settings["sam_from"] * run.total_steps)
+        self.first_sharpness_aware_step = math.ceil(values["sam_from"] * run.total_steps)
 
     @property
     def base_optimizer(self) -> torch.optim.Optimizer:
@@ -371,9 +373,10 @@ class SharpnessAwareMethod(Method):
 
     @property
     def sharpness_aware_share(self) -> float:
-        """The share of training's steps that are sharpness-aware."""
+        """The share of training's steps that climb to w + ε, counted with ``is_sharpness_aware``
+        (so a subclass that climbs less often is counted right)."""
         total = self.run.total_steps
-        return (total - min(self.first_sharpness_aware_step, total)) / total
+        return sum(map(self.is_sharpness_aware, range(total))) / total
 
     @property
     def passes_per_step(self) -> float:
@@ -381,13 +384,13 @@ class SharpnessAwareMethod(Method):
         (m-sharpness: every shard's ascent adds up to one whole pass)."""
         return 1.0 + self.sharpness_aware_share * self.options.ascent_fraction
 
-    def is_sharpness_aware(self, step: int) -> bool:
-        """Whether step ``step`` (from the start of training) climbs to w + ε."""
-        return step >= self.first_sharpness_aware_step
+    def is_sharpness_aware(self, index: int) -> bool:
+        """Whether the step of this ``index`` (from the start of training) climbs to w + ε."""
+        return index >= self.first_sharpness_aware_step
 
-    def step(self, passes: Passes, inputs: torch.Tensor, targets: torch.Tensor, step: int) -> StepResult:
-        if not self.is_sharpness_aware(step):
-            return super().step(passes, inputs, targets, step)
+    def step(self, passes: Passes, inputs: torch.Tensor, targets: torch.Tensor, index: int) -> StepResult:
+        if not self.is_sharpness_aware(index):
+            return super().step(passes, inputs, targets, index)
         options = self.options
         return sharpness_aware_step(
             passes,
@@ -487,13 +490,13 @@ class SparseSAMMethod(SharpnessAwareMethod):
             raise ValueError(f"method {cls.name!r}: a Sparse SAM method defines build_mask")
 
     @classmethod
-    def build_mask(cls, context: MaskContext, settings: Settings) -> MaskStrategy:
-        """The mask strategy, from the method's settings (see ssam.optim.ssam.MaskStrategy)."""
+    def build_mask(cls, context: MaskContext, values: SettingValues) -> MaskStrategy:
+        """The mask strategy, from the method's values of its settings (see ssam.optim.ssam.MaskStrategy)."""
         raise NotImplementedError(f"{cls.__name__} does not say how its mask is chosen (build_mask)")
 
     @classmethod
-    def advice(cls, settings: Settings) -> list[str]:
-        if settings["granularity"] == "tensor" and settings["norm"] == "full":
+    def advice(cls, values: SettingValues) -> list[str]:
+        if values["granularity"] == "tensor" and values["norm"] == "full":
             return [
                 "note: optimizer.norm=full divides ρ by the norm of every weight's gradient, so the "
                 "ascent still computes them all and granularity=tensor saves no time; "
@@ -502,28 +505,28 @@ class SparseSAMMethod(SharpnessAwareMethod):
         return []
 
     @classmethod
-    def recorded_settings(cls, settings: Settings) -> dict[str, Any]:
-        recorded = super().recorded_settings(settings)
-        if settings["granularity"] != "tensor":  # the whole-tensor settings mean nothing to entry-wise masks
+    def recorded_settings(cls, values: SettingValues) -> dict[str, Any]:
+        recorded = super().recorded_settings(values)
+        if values["granularity"] != "tensor":  # the whole-tensor settings mean nothing to entry-wise masks
             for key in TENSOR_ONLY_SETTINGS:
                 recorded.pop(key, None)
         return recorded
 
     @classmethod
     def mask_strategy(
-        cls, model: torch.nn.Module, train_set: Dataset, *, epochs: int, seed: int, settings: Settings
+        cls, model: torch.nn.Module, train_set: Dataset, *, epochs: int, seed: int, values: SettingValues
     ) -> MaskStrategy:
         """The mask strategy for ``model`` (with the whole-tensor selection if asked)."""
         selection = None
-        if settings["granularity"] == "tensor":
+        if values["granularity"] == "tensor":
             selection = build_tensor_selection(
-                model, train_set, tensor_score=settings["tensor_score"], ascent_cost=settings["ascent_cost"]
+                model, train_set, tensor_score=values["tensor_score"], ascent_cost=values["ascent_cost"]
             )
-        return cls.build_mask(MaskContext(model, train_set, epochs, seed, selection), settings)
+        return cls.build_mask(MaskContext(model, train_set, epochs, seed, selection), values)
 
     @classmethod
     def build_optimizer(
-        cls, params: list[torch.nn.Parameter], settings: Settings, mask: MaskStrategy | None = None
+        cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
     ) -> SSAM:
         if mask is None:
             raise TypeError(f"optimizer {cls.name!r} needs a mask strategy")
@@ -531,22 +534,22 @@ class SparseSAMMethod(SharpnessAwareMethod):
             params,
             torch.optim.SGD,
             # A method whose mask is structural declares no sparsity: its strategy ignores it.
-            sparsity=settings.get("sparsity", 0.0),
-            norm=settings["norm"],
+            sparsity=values.get("sparsity", 0.0),
+            norm=values["norm"],
             mask_strategy=mask,
-            **sam_options(settings),
+            **sam_options(values),
         )
 
-    def __init__(self, settings: Settings, run: RunContext) -> None:
+    def __init__(self, values: SettingValues, run: RunContext) -> None:
         self.mask_update_time_at_epoch_start = 0.0
         self.logged_mask_updates = 0
         self.mask_log: JsonLines | None = None
-        super().__init__(settings, run)
+        super().__init__(values, run)
 
     def build_run_optimizer(self) -> SSAM:
         run = self.run
         strategy = self.mask_strategy(
-            run.model, run.train_set, epochs=run.epochs, seed=run.seed, settings=self.values
+            run.model, run.train_set, epochs=run.epochs, seed=run.seed, values=self.values
         )
         if run.replicas.world_size > 1:  # every process takes rank 0's masks
             strategy = MasksFromMain(strategy, run.replicas)
@@ -558,7 +561,8 @@ class SparseSAMMethod(SharpnessAwareMethod):
 
     def open_records(self, open_lines: OpenLines) -> None:
         self.mask_log = open_lines("masks.jsonl")
-        self.mask_log.keep(lambda record: record["update"] <= self.optimizer.mask_updates)
+        if self.mask_log is not None:
+            self.mask_log.keep(lambda record: record["update"] <= self.optimizer.mask_updates)
         self.logged_mask_updates = self.optimizer.mask_updates
 
     def after_step(self, epoch: int) -> None:

@@ -27,15 +27,15 @@ def take_step(
     passes: Passes,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    step: int,
+    index: int,
     *,
     on_nonfinite: str = "stop",
 ) -> StepResult:
-    """Method ``method``'s step ``step`` (counted from the start of training) on the batch, with
-    a failed pass abandoned and skipped or stopped at (see ``guarded_step``)."""
+    """Method ``method``'s step of this ``index`` (counted from the start of training) on the
+    batch, with a failed pass abandoned and skipped or stopped at (see ``guarded_step``)."""
     return guarded_step(
         passes,
-        lambda: method.step(passes, inputs, targets, step),
+        lambda: method.step(passes, inputs, targets, index),
         optimizer=method.optimizer,
         on_nonfinite=on_nonfinite,
         abandon=method.abandon_step,
@@ -63,15 +63,15 @@ def train_one_epoch(
     loader: DataLoader,
     *,
     progress: EpochProgress,
-    first_step: int,
+    steps_before: int,
     on_nonfinite: str = "stop",
     memory_format: torch.memory_format = torch.contiguous_format,
     after_step: Callable[[EpochProgress], None] | None = None,
     description: str = "",
     progress_bar: bool = True,
 ) -> EpochProgress:
-    """Continue the epoch from ``progress`` (the loader yields the batches not yet done); its
-    first step is training's step ``first_step``. ``after_step`` sees the totals after every step
+    """Continue the epoch from ``progress`` (the loader yields the batches not yet done), whose
+    epochs before took ``steps_before`` steps. ``after_step`` sees the totals after every step
     (e.g. to checkpoint)."""
     device = passes.replicas.device
     passes.model.train()
@@ -90,7 +90,7 @@ def train_one_epoch(
         inputs = inputs.to(device, non_blocking=True, memory_format=memory_format)
         targets = targets.to(device, non_blocking=True)
         result = take_step(
-            method, passes, inputs, targets, first_step + progress.step, on_nonfinite=on_nonfinite
+            method, passes, inputs, targets, steps_before + progress.step, on_nonfinite=on_nonfinite
         )
         scheduler.step()
         if device.type == "cuda":

@@ -73,13 +73,13 @@ class SSAMFMethod(SparseSAMMethod):
             )
 
     @classmethod
-    def build_mask(cls, context: MaskContext, settings: Mapping[str, Any]) -> MaskStrategy:
+    def build_mask(cls, context: MaskContext, values: Mapping[str, Any]) -> MaskStrategy:
         return FisherMask(
             context.model,
             context.train_set,
-            num_samples=settings["num_samples"],
-            update_freq=settings["update_freq"],
-            method=settings["fisher_method"],
+            num_samples=values["num_samples"],
+            update_freq=values["update_freq"],
+            method=values["fisher_method"],
             seed=context.seed,
             selection=context.selection,
         )
@@ -100,13 +100,13 @@ class SSAMDMethod(SparseSAMMethod):
     summary_settings = ("drop_rate",)
 
     @classmethod
-    def build_mask(cls, context: MaskContext, settings: Mapping[str, Any]) -> MaskStrategy:
+    def build_mask(cls, context: MaskContext, values: Mapping[str, Any]) -> MaskStrategy:
         return DynamicMask(
             total_epochs=context.epochs,
-            drop_rate=settings["drop_rate"],
-            update_freq=settings["update_freq"],
-            drop=settings["drop"],
-            growth=settings["growth"],
+            drop_rate=values["drop_rate"],
+            update_freq=values["update_freq"],
+            drop=values["drop"],
+            growth=values["growth"],
             seed=context.seed,
             selection=context.selection,
         )
@@ -148,7 +148,7 @@ def build_mask_strategy(
         sparse = [m.name for m in METHODS.values() if issubclass(m, SparseSAMMethod)]
         raise ValueError(f"no mask strategy for optimizer {name!r}; those with one: {', '.join(sparse)}")
     return method.mask_strategy(
-        model, train_set, epochs=epochs, seed=seed, settings=method.with_defaults(settings)
+        model, train_set, epochs=epochs, seed=seed, values=method.with_defaults(settings)
     )
 
 

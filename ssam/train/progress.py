@@ -21,12 +21,12 @@ SUMMARIES = ("last", "sum")
 
 @dataclass(frozen=True)
 class Total:
-    """A running sum over an epoch's steps, of ints or floats. ``per_process``: each process
+    """A running sum over an epoch's steps, of ints or floats (``number_type``). ``per_process``: each process
     counts its own share of the batches, and the epoch's total is their sum; otherwise it is the
     same on every process (the main one's is kept)."""
 
     name: str
-    kind: type = float
+    number_type: type = float
     per_process: bool = False
 
 
@@ -84,7 +84,7 @@ class EpochProgress:
 
     @classmethod
     def start(cls, totals: Iterable[Total]) -> EpochProgress:
-        return cls(totals={total.name: total.kind() for total in totals})
+        return cls(totals={total.name: total.number_type() for total in totals})
 
     def state_dict(self) -> dict[str, Any]:
         return {**self.__dict__, "totals": dict(self.totals)}
@@ -104,11 +104,11 @@ class EpochProgress:
             self.clear(per_process)
             return
         for total, value in zip(per_process, sums):
-            self.totals[total.name] = total.kind(value)
+            self.totals[total.name] = total.number_type(value)
 
     def clear(self, totals: Iterable[Total]) -> None:
         for total in totals:
-            self.totals[total.name] = total.kind()
+            self.totals[total.name] = total.number_type()
 
     @property
     def loss(self) -> float:

@@ -97,19 +97,6 @@ def _summarised(
     return summaries
 
 
-class _NoLines(JsonLines):
-    """The JSON-lines file of a process that does not write (not the main one)."""
-
-    def __init__(self) -> None:
-        super().__init__(Path("/dev/null"))
-
-    def append(self, record: dict[str, Any]) -> None:
-        pass
-
-    def keep(self, wanted) -> None:
-        pass
-
-
 def setting_tags(cfg: DictConfig) -> list[str]:
     tags = [cfg.optimizer.name, cfg.dataset.name, cfg.model.name]
     if "sparsity" in cfg.optimizer:
@@ -133,7 +120,8 @@ class RunRecords:
     def __init__(self, cfg: DictConfig, run_dir: Path, replicas: Replicas, epochs_done: int) -> None:
         self.cfg, self.run_dir, self.is_main = cfg, run_dir, replicas.is_main
         self.metrics = self.open_lines("metrics.jsonl")
-        self.metrics.keep(lambda record: record["epoch"] < epochs_done)
+        if self.metrics is not None:
+            self.metrics.keep(lambda record: record["epoch"] < epochs_done)
         self.sink = None
         if cfg.logger.name == "wandb" and self.is_main:
             self.sink = WandbSink(
@@ -146,12 +134,13 @@ class RunRecords:
                 tags=[*cfg.logger.tags, *setting_tags(cfg)],
             )
 
-    def open_lines(self, name: str) -> JsonLines:
-        """A JSON-lines file of the run directory, by name (a no-op off the main process)."""
-        return JsonLines(self.run_dir / name) if self.is_main else _NoLines()
+    def open_lines(self, name: str) -> JsonLines | None:
+        """A JSON-lines file of the run directory, by name; None off the main process, which
+        writes nothing."""
+        return JsonLines(self.run_dir / name) if self.is_main else None
 
     def epoch(self, record: dict[str, Any]) -> None:
-        """Record an epoch's line: metrics.jsonl, wandb and a line on the console."""
+        """Record an epoch's line (on the main process): metrics.jsonl, wandb and the console."""
         self.metrics.append(record)
         if self.sink is not None:
             self.sink.log(record, step=record["epoch"])

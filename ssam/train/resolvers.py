@@ -7,8 +7,8 @@ imports this module before Hydra composes anything.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from urllib.parse import quote
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import ssam.registry  # noqa: F401  (the declared options become Hydra config groups)
@@ -18,9 +18,9 @@ from ssam.train.kinds import SharpnessAwareMethod
 from ssam.train.methods import METHODS
 from ssam.train.run_settings import changes_results
 
-# Override keys that never name a sweep's run: the preset names the sweep folder itself, and
-# the launcher says where the jobs run, not what they compute.
-NOT_IN_RUN_NAMES = ("experiment", "hydra/launcher")
+# An override that never names a sweep's run: the preset names the sweep folder itself. (Hydra's
+# own overrides, such as hydra/launcher, are not among a job's task overrides.)
+NOT_IN_RUN_NAMES = ("experiment",)
 
 
 def sgd_or_sharpness_aware(optimizer: str, sgd_value, sharpness_aware_value):
@@ -32,8 +32,8 @@ def sgd_or_sharpness_aware(optimizer: str, sgd_value, sharpness_aware_value):
 
 
 def _folder_safe(value: str) -> str:
-    """A value as one folder name: "/" (a path's, say) and "%" written as %2F and %25."""
-    return quote(value, safe="=,[]{}:+-_.~@ ")
+    """A value as one folder name: "/" (a path's, say) written as %2F, and so "%" as %25."""
+    return value.replace("%", "%25").replace("/", "%2F")
 
 
 def run_name(task_overrides: Sequence[str], optimizer: str, dataset: str, model: str) -> str:
@@ -41,8 +41,6 @@ def run_name(task_overrides: Sequence[str], optimizer: str, dataset: str, model:
     the settings that do not change results (``Setting.changes_results``) and without the
     top-level knobs the optimizer ignores, so that jobs differing only in those share one run and
     run once. Values that hold a path stay one folder."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     method = METHODS.get(optimizer)
     ignored = method.ignored_knobs() if method else set()
     sections = {
@@ -60,4 +58,6 @@ def run_name(task_overrides: Sequence[str], optimizer: str, dataset: str, model:
 
 
 OmegaConf.register_new_resolver("sgd_or_sharpness_aware", sgd_or_sharpness_aware, replace=True)
+# Its name before 2026-12-03, which the saved configs of earlier runs still hold.
+OmegaConf.register_new_resolver("sgd_or_sam", sgd_or_sharpness_aware, replace=True)
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)

@@ -3,6 +3,7 @@ then load it into the run's objects and random number generators."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssam.data.catalog import dataset_named
 from ssam.errors import ConfigError
 from ssam.models.catalog import model_named
+from ssam.train.checkpoint import CHECKPOINT_FORMAT
 from ssam.train.kinds import OPTIMIZER_KNOBS
 from ssam.train.methods import method_named
 from ssam.train.parts import RunParts
@@ -32,6 +34,32 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
         "model": model.settings,
     }
     return results_identity(OmegaConf.to_container(cfg, resolve=True), sections, method.ignored_knobs())
+
+
+def _upgraded(checkpoint: dict[str, Any], totals: list[str]) -> dict[str, Any]:
+    """A checkpoint in today's layout. One written before methods kept their own state (format 1)
+    held the optimizer's state at the top, the history as a dict, and the interrupted epoch's
+    totals as fields; its identity also held dataset.download, which no longer changes results.
+    Its run's summary then reports the mask refreshes' time from the resumption on only."""
+    if checkpoint["format"] == CHECKPOINT_FORMAT:
+        return checkpoint
+    state = dict(checkpoint)
+    progress = state["epoch_progress"]
+    state["method"] = {
+        "optimizer": state.pop("optimizer"),
+        "mask_update_time_at_epoch_start": progress["mask_update_time_at_start"] if progress else 0.0,
+    }
+    known = {field.name for field in fields(RunHistory)}
+    state["history"] = {key: value for key, value in state["history"].items() if key in known}
+    if progress is not None:
+        kept = ("step", "time_s", "step_times_s", "lr_at_start")
+        state["epoch_progress"] = {
+            **{key: progress[key] for key in kept},
+            "totals": {name: progress[name] for name in totals},
+        }
+    state["identity"] = dict(state["identity"], dataset=dict(state["identity"]["dataset"]))
+    state["identity"]["dataset"].pop("download", None)
+    return state
 
 
 def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
@@ -59,6 +87,7 @@ def resume(
     is one global order whatever their number. One taken within an epoch resumes only on as many
     processes as wrote it, since their shares of the epoch's remaining batches depend on it."""
     replicas = parts.replicas
+    checkpoint = _upgraded(checkpoint, [total.name for total in parts.totals])
     saved_world_size = checkpoint["world_size"]
     other_world_size = saved_world_size != replicas.world_size
     differences = _differences(checkpoint["identity"], run_identity(cfg))
@@ -109,7 +138,7 @@ def _say_where(cfg: DictConfig, run_dir: Path, history: RunHistory, progress: Ep
         ]
         shared = (
             f" ({cfg.optimizer.name} ignores {', '.join(ignored)}: sweep jobs that differ only in "
-            "those share this run)"
+            "these settings share this run)"
             if ignored
             else ""
         )

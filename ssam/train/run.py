@@ -133,7 +133,7 @@ class _Training:
                 parts.scheduler,
                 parts.train_loader,
                 progress=progress,
-                first_step=epoch * parts.steps_per_epoch,
+                steps_before=epoch * parts.steps_per_epoch,
                 on_nonfinite=cfg.trainer.on_nonfinite,
                 memory_format=parts.memory_format,
                 after_step=self.after_step,

@@ -18,14 +18,10 @@ class IntervalSAM(SharpnessAwareMethod):
         "interval": Setting(2, POSITIVE_INT, "a SAM step every this many steps", variant=KEY_EQUALS_VALUE),
     }
 
-    def is_sharpness_aware(self, step: int) -> bool:
+    def is_sharpness_aware(self, index: int) -> bool:
         # Counted from the start of training, so that a resumed run keeps the same rhythm; the
         # late phase (sam_from) still holds back every step before it.
-        return super().is_sharpness_aware(step) and step % self.values["interval"] == 0
-
-    @property
-    def sharpness_aware_share(self) -> float:
-        return super().sharpness_aware_share / self.values["interval"]
+        return super().is_sharpness_aware(index) and index % self.values["interval"] == 0
 
 
 register(IntervalSAM)

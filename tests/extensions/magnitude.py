@@ -44,9 +44,9 @@ class Magnitude(SparseSAMMethod):
     }
 
     @classmethod
-    def build_mask(cls, context, settings):
+    def build_mask(cls, context, values):
         return MagnitudeMask(
-            largest=settings["largest"], update_freq=settings["update_freq"], selection=context.selection
+            largest=values["largest"], update_freq=values["update_freq"], selection=context.selection
         )
 
 
