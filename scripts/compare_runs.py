@@ -5,7 +5,8 @@
 BEFORE and AFTER each hold run directories of the same names (one per setting, made by the code
 before and after the change, on one machine and thread count). For each name it compares every
 metric of every epoch (metrics.jsonl, leaving out the times), the masks (masks.jsonl, Sparse SAM),
-and the final weights (last.pt, bit for bit; "not kept" where a copy of the runs left it out),
+the final weights (last.pt, bit for bit; "not kept" where a copy of the runs left it out) and
+the keys both summary.json files hold (times and memory aside: a new version may record more),
 and prints a Markdown row. It exits non-zero if any differ.
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 import torch
 
 TIMES = {"epoch_time_s", "images_per_s", "mask_update_time_s"}
+# What summary.json measures of the machine rather than the run.
+SUMMARY_MEASUREMENTS = {"train_time_s", "step_time_s", "mask_update_time_s", "peak_memory_mb"}
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -32,6 +35,12 @@ def same_weights(before: Path, after: Path) -> bool:
     return first.keys() == second.keys() and all(torch.equal(first[key], second[key]) for key in first)
 
 
+def shared_summary_keys_agree(before: Path, after: Path) -> bool:
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (before, after))
+    shared = (set(first) & set(second)) - SUMMARY_MEASUREMENTS
+    return all(first[key] == second[key] for key in shared)
+
+
 def compare(before: Path, after: Path) -> tuple[dict[str, str], bool]:
     """The row of one setting, and whether the two runs are the same."""
     masks = before / "masks.jsonl"
@@ -40,6 +49,7 @@ def compare(before: Path, after: Path) -> tuple[dict[str, str], bool]:
         checks["final weights"] = same_weights(before, after)
     if masks.exists():
         checks["masks.jsonl"] = masks.read_text() == (after / "masks.jsonl").read_text()
+    checks["summary.json"] = shared_summary_keys_agree(before, after)
     accuracy = [json.loads((d / "summary.json").read_text())["final_test_acc"] for d in (before, after)]
     row = {
         "run": before.name,
@@ -67,6 +77,7 @@ def main() -> None:
         "every metric of every epoch",
         "final weights",
         "masks.jsonl",
+        "summary.json",
     ]
     print("| " + " | ".join(columns) + " |")
     print("|" + " --- |" * len(columns))
