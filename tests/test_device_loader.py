@@ -14,9 +14,11 @@ from torchvision.transforms.v2.functional import to_dtype
 
 from ssam.data import fixed_subset, images_and_labels
 from ssam.data.device_loader import Augmentation, DeviceEvalLoader, DeviceTrainLoader
+from ssam.data.label_noise import NoisyLabels
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.data.tensor_dataset import ImageTensorDataset
 from ssam.data.transforms import CUTOUT_SIZE, small_image_transform
+from ssam.train.distributed import Replicas
 
 CPU = torch.device("cpu")
 SEED = 7
@@ -229,6 +231,18 @@ def test_images_and_labels_of_a_fixed_subset_are_its_examples_in_order():
     assert torch.equal(subset_images, images[indices])
     assert torch.equal(subset_labels, labels[indices] * 2)
     assert images_and_labels(dataset)[0] is images
+
+
+def test_images_and_labels_read_a_process_s_shard_of_a_noisy_validation_split_example_by_example():
+    """fmnist_noisy under torchrun: the shard (a Subset) of the validation split (NoisyLabels of
+    a Subset) is read whole as the same examples one at a time would give."""
+    images, labels = stored()
+    dataset = ImageTensorDataset(images, labels, transform=lambda image: image)
+    validation = NoisyLabels(fixed_subset(dataset, 12), (torch.arange(12) * 7) % 10)
+    shard = Replicas(rank=1, world_size=2).shard(validation)
+    shard_images, shard_labels = images_and_labels(shard)
+    assert torch.equal(shard_images, torch.stack([shard[i][0] for i in range(len(shard))]))
+    assert shard_labels.tolist() == [shard[i][1] for i in range(len(shard))]
 
 
 def test_images_and_labels_refuses_a_dataset_not_held_as_an_image_tensor():

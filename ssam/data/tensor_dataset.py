@@ -41,20 +41,17 @@ class ImageTensorDataset(Dataset):
 
 
 def images_and_labels(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """The untransformed uint8 images and int64 labels of an ImageTensorDataset, or of a Subset
-    of one (as ``fixed_subset`` makes), in the order the dataset indexes them; under NoisyLabels,
-    its labels."""
+    """The untransformed uint8 images and int64 labels of an ImageTensorDataset, in the order
+    ``dataset`` indexes them, through any nesting of Subsets (``fixed_subset``, the validation
+    split, a process's shard) and NoisyLabels (whose labels replace those below it)."""
     if isinstance(dataset, NoisyLabels):
         return images_and_labels(dataset.dataset)[0], dataset.labels
-    indices = None
-    while isinstance(dataset, Subset):
-        outer = torch.as_tensor(dataset.indices, dtype=torch.long)
-        indices = outer if indices is None else outer[indices]
-        dataset = dataset.dataset
+    if isinstance(dataset, Subset):
+        images, labels = images_and_labels(dataset.dataset)
+        indices = torch.as_tensor(dataset.indices, dtype=torch.long)
+        return images[indices], labels[indices]
     if not isinstance(dataset, ImageTensorDataset):
         raise ValueError(
             f"only datasets held in memory as one image tensor can be read whole, not {type(dataset).__name__}"
         )
-    if indices is None:
-        return dataset.images, dataset.labels
-    return dataset.images[indices], dataset.labels[indices]
+    return dataset.images, dataset.labels
