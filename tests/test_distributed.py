@@ -325,3 +325,24 @@ def test_a_submitit_job_of_two_tasks_trains_as_two_processes(tmp_path):
     train_ok(tmp_path / "unused", [*launcher, *TINY, "optimizer=sam"])
     (summary,) = [read_json(path) for path in sweep.glob("*/summary.json")]
     assert summary["world_size"] == 2
+
+
+def test_synchronised_batchnorm_keeps_a_timm_model_s_activations():
+    """timm's BatchNormAct2d holds its activation; torch's converter would drop it."""
+    import copy
+
+    import timm
+
+    from ssam.train.parts import synchronised_batchnorm
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilenetv3_small_050", num_classes=10).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):  # statistics that make the layers matter
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+        x = torch.randn(2, 3, 32, 32)
+        converted = synchronised_batchnorm(copy.deepcopy(model)).eval()
+        assert not any(type(m) is nn.BatchNorm2d for m in converted.modules())
+        assert torch.equal(converted(x), model(x))

@@ -61,6 +61,17 @@ class RunParts:
         return (*TRAINER_METRICS, *self.method.metrics)
 
 
+def synchronised_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every BatchNorm layer synchronised over the processes. timm's converter,
+    not torch's: torch's turns timm's BatchNormAct2d (a norm with its activation) into a plain
+    SyncBatchNorm and so drops the activation (efficientnet_b0 has 49 of them); timm's keeps it,
+    and converts plain BatchNorm layers as torch does. (Imported here: timm takes a second to
+    import, and most runs need none of it.)"""
+    from timm.layers import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def build_parts(cfg: DictConfig, replicas: Replicas) -> RunParts:
     """The data, model, method, loaders and schedule, in a fixed order from the run's seed, so
     that a resumed run rebuilds the same objects before loading its checkpoint into them."""
@@ -85,7 +96,7 @@ def build_parts(cfg: DictConfig, replicas: Replicas) -> RunParts:
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model_from_config(cfg).to(device, memory_format=memory_format)
     if cfg.trainer.sync_batchnorm and replicas.world_size > 1:
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = synchronised_batchnorm(model)
     # Evaluation stays outside DDP: the processes' shares of the test set can differ in size, so
     # nothing in it may wait on the others.
     compiled = torch.compile if cfg.trainer.compile else (lambda module: module)
