@@ -175,6 +175,7 @@ def run_summary(
         "rho": settings.get("rho"),
         "amp": cfg.trainer.amp,
         "accumulate_steps": cfg.trainer.accumulate_steps,
+        "deterministic": cfg.trainer.deterministic,
         "seed": cfg.seed,
         "train_time_s": history.train_time_s,
         "step_time_s": statistics.median(history.step_times_s),

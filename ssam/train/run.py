@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssam.analysis.tracking import SharpnessTracker
 from ssam.extensions import load_extensions
 from ssam.train.checkpoint import CHECKPOINT_FORMAT, exclusive_run_directory, load_checkpoint, save_checkpoint
+from ssam.train.determinism import set_determinism
 from ssam.train.distributed import Replicas, join_processes
 from ssam.train.loop import evaluate, train_one_epoch
 from ssam.train.methods import method_named
@@ -54,9 +55,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     replicas = join_processes(cfg.device)
     with replicas.console(), ExitStack() as lock:
-        for note in method_named(cfg.optimizer.name).advice(
-            OmegaConf.to_container(cfg.optimizer, resolve=True)
-        ):
+        notes = method_named(cfg.optimizer.name).advice(OmegaConf.to_container(cfg.optimizer, resolve=True))
+        notes += set_determinism(cfg.trainer.deterministic, replicas.device)
+        for note in notes:
             print(note)
 
         def hold_run_directory() -> None:

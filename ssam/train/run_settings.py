@@ -72,6 +72,9 @@ TRAINER_SETTINGS = {
     "amp": Setting("none", one_of(*AMP), "autocast: none, bf16 or fp16"),
     "channels_last": Setting(False, BOOLEAN, "NHWC memory layout"),
     "compile": Setting(False, BOOLEAN, "torch.compile the model"),
+    "deterministic": Setting(
+        False, BOOLEAN, "GPUs: deterministic kernels, TF32 off (ssam/train/determinism.py)"
+    ),
 }
 
 # Sections of the config that never change results as a whole: where the records go.
