@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from runs import REPO, TIMEOUT_S, model_weights, read_json, read_jsonl, run_env, train_ok
+from runs import REPO, TIMEOUT_S, model_weights, once_per_worker, read_json, read_jsonl, run_env, train_ok
 
 from ssam.data import missing_data_message
 
@@ -53,13 +53,17 @@ def analyze(arguments: list[str]) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     """Tiny finished runs: Sparse SAM (with masks) and SGD, each trained once for the module."""
-    root = tmp_path_factory.mktemp("analyze")
-    runs = {}
-    for name, overrides in {"ssam_f": SPARSE_RUN, "sgd": [*TINY, "epochs=1", "optimizer=sgd"]}.items():
-        train_ok(root / name, overrides)
-        # Named as a sweep names its runs, with '=' and ',' that the command line must keep.
-        runs[name] = (root / name).rename(root / f"optimizer={name},seed=0")
-    return runs
+
+    def make() -> dict[str, Path]:
+        root = tmp_path_factory.mktemp("analyze")
+        runs = {}
+        for name, overrides in {"ssam_f": SPARSE_RUN, "sgd": [*TINY, "epochs=1", "optimizer=sgd"]}.items():
+            train_ok(root / name, overrides)
+            # Named as a sweep names its runs, with '=' and ',' that the command line must keep.
+            runs[name] = (root / name).rename(root / f"optimizer={name},seed=0")
+        return runs
+
+    return once_per_worker("analyze_runs", make)
 
 
 def test_analyze_writes_every_json_and_png_next_to_the_checkpoint(runs):

@@ -16,7 +16,16 @@ import torch
 import torch.distributed as dist
 from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
 from hydra import compose, initialize_config_dir
-from runs import REPO, comparable, kill_after_checkpoints, read_json, read_jsonl, train, train_ok
+from runs import (
+    REPO,
+    comparable,
+    kill_after_checkpoints,
+    once_per_worker,
+    read_json,
+    read_jsonl,
+    train,
+    train_ok,
+)
 from torch import nn
 
 import ssam.registry  # noqa: F401  (the declared options, for the spawned processes that compose)
@@ -123,10 +132,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> Path:
     """Where the in-process runs on two processes left their run directories and reports."""
-    root = tmp_path_factory.mktemp("two_processes")
-    (root / "reports").mkdir()
-    torch.multiprocessing.spawn(train_in_process, args=(free_port(), root), nprocs=PROCESSES)
-    return root
+
+    def make() -> Path:
+        root = tmp_path_factory.mktemp("two_processes")
+        (root / "reports").mkdir()
+        torch.multiprocessing.spawn(train_in_process, args=(free_port(), root), nprocs=PROCESSES)
+        return root
+
+    return once_per_worker("two_processes", make)
 
 
 def reports(root: Path, name: str) -> list[dict]:
@@ -238,8 +251,12 @@ EVERY_STEP = [*SPARSE_RUN, "trainer.checkpoint_every_steps=1"]
 @pytest.fixture(scope="module")
 def torchrun_run(tmp_path_factory):
     """A finished run of train.py under torchrun on two processes, and its output."""
-    run_dir = tmp_path_factory.mktemp("torchrun") / "run"
-    return run_dir, train_ok(run_dir, EVERY_STEP, processes=PROCESSES)
+
+    def make():
+        run_dir = tmp_path_factory.mktemp("torchrun") / "run"
+        return run_dir, train_ok(run_dir, EVERY_STEP, processes=PROCESSES)
+
+    return once_per_worker("torchrun_run", make)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from runs import (
     REPO,
     TIMEOUT_S,
     model_weights,
+    once_per_worker,
     read_json,
     read_jsonl,
     run_env,
@@ -80,7 +81,7 @@ def trained(tmp_path_factory):
     """``trained(name, overrides)``: a finished run directory, trained once per module.
 
     Tests that change a run directory work on a copy (``copy_run``)."""
-    runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = {}
+    runs: dict[str, tuple[Path, subprocess.CompletedProcess]] = once_per_worker("trained", dict)
 
     def get(name: str, overrides: list[str]) -> tuple[Path, subprocess.CompletedProcess]:
         if name not in runs:
@@ -274,7 +275,7 @@ RESUMED_RUNS = {"sgd": SGD_RUN[1], "ssam_d": [*SMALL, *SPARSE["ssam_d"]]}
 @pytest.fixture(scope="module")
 def resumed(trained, tmp_path_factory):
     """``resumed(optimizer)``: (uninterrupted run, killed-and-resumed run, resume output)."""
-    runs = {}
+    runs = once_per_worker("resumed", dict)
 
     def get(optimizer: str):
         if optimizer not in runs:
