@@ -46,7 +46,13 @@ from ssam.train.distributed import SINGLE_PROCESS, MasksFromMain, Replicas
 from ssam.train.metrics import JsonLines
 from ssam.train.passes import BN_STATS, PERTURBATIONS, Passes, StepResult
 from ssam.train.progress import Metric, Total, ratio
-from ssam.train.steps import PERTURBATION_NORM_SUM, SHARPNESS_AWARE_STEPS, sgd_step, sharpness_aware_step
+from ssam.train.steps import (
+    PERTURBATION_NORM_SUM,
+    SHARPNESS_AWARE_STEPS,
+    SharpnessAwareOptions,
+    sgd_step,
+    sharpness_aware_step,
+)
 
 # How a variant setting names itself in a table's column, e.g. "ascent_fraction=0.25".
 KEY_EQUALS_VALUE = "{key}={value}"
@@ -275,16 +281,6 @@ def _inherited(klass: type[Method]) -> dict[str, Setting]:
     return parents[0].settings if parents else {}
 
 
-@dataclass(frozen=True)
-class SharpnessAwareOptions:
-    """How a sharpness-aware step runs (see ssam/train/steps.py)."""
-
-    bn_stats: str = "ascent"
-    perturbation: str = "global"
-    ascent_fraction: float = 1.0
-    shard_size: int | None = None  # m-sharpness: optimizer.m
-
-
 class SharpnessAwareMethod(Method):
     """SAM (Foret et al., 2021) over SGD: ascent pass at w, climb to w + ε, descent pass there,
     step. Every sharpness-aware method shares what this class adds: ASAM, late-phase SAM
@@ -391,17 +387,7 @@ class SharpnessAwareMethod(Method):
     def step(self, passes: Passes, inputs: torch.Tensor, targets: torch.Tensor, index: int) -> StepResult:
         if not self.is_sharpness_aware(index):
             return super().step(passes, inputs, targets, index)
-        options = self.options
-        return sharpness_aware_step(
-            passes,
-            self.optimizer,
-            inputs,
-            targets,
-            bn_stats=options.bn_stats,
-            perturbation=options.perturbation,
-            ascent_fraction=options.ascent_fraction,
-            shard_size=options.shard_size,
-        )
+        return sharpness_aware_step(passes, self.optimizer, inputs, targets, self.options)
 
     def abandon_step(self) -> None:
         self.optimizer.restore_weights()

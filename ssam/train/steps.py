@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -169,37 +170,45 @@ def m_sharpness_step(
     )
 
 
+@dataclass(frozen=True)
+class SharpnessAwareOptions:
+    """How a sharpness-aware step runs: which pass updates the BatchNorm statistics, the
+    perturbation under data parallelism, the ascent's share of the batch, and m-sharpness's
+    shard size (None: the whole batch climbs one ε)."""
+
+    bn_stats: str = "ascent"
+    perturbation: str = "global"
+    ascent_fraction: float = 1.0
+    shard_size: int | None = None
+
+
 def sharpness_aware_step(
     passes: Passes,
     optimizer: SAM,
     inputs: torch.Tensor,
     targets: torch.Tensor,
-    *,
-    bn_stats: str = "ascent",
-    perturbation: str = "global",
-    ascent_fraction: float = 1.0,
-    shard_size: int | None = None,
+    options: SharpnessAwareOptions = SharpnessAwareOptions(),
 ) -> StepResult:
-    """One ε for the batch (``sam_step``), or one per shard of ``shard_size`` examples
+    """One ε for the batch (``sam_step``), or one per shard of ``options.shard_size`` examples
     (``m_sharpness_step``)."""
-    if shard_size is None:
+    if options.shard_size is None:
         return sam_step(
             passes,
             optimizer,
             inputs,
             targets,
-            bn_stats=bn_stats,
-            perturbation=perturbation,
-            ascent_fraction=ascent_fraction,
+            bn_stats=options.bn_stats,
+            perturbation=options.perturbation,
+            ascent_fraction=options.ascent_fraction,
         )
     return m_sharpness_step(
         passes,
         optimizer,
         inputs,
         targets,
-        shard_size=shard_size,
-        bn_stats=bn_stats,
-        perturbation=perturbation,
+        shard_size=options.shard_size,
+        bn_stats=options.bn_stats,
+        perturbation=options.perturbation,
     )
 
 
@@ -279,21 +288,13 @@ def training_step(
     """
     passes = Passes(model, precision, replicas, accumulate_steps)
     if isinstance(optimizer, SAM) and sharpness_aware:
-
-        def step() -> StepResult:
-            return sharpness_aware_step(
-                passes,
-                optimizer,
-                inputs,
-                targets,
-                bn_stats=bn_stats,
-                perturbation=perturbation,
-                ascent_fraction=ascent_fraction,
-                shard_size=shard_size,
-            )
-
+        options = SharpnessAwareOptions(bn_stats, perturbation, ascent_fraction, shard_size)
         return guarded_step(
-            passes, step, optimizer=optimizer, on_nonfinite=on_nonfinite, abandon=optimizer.restore_weights
+            passes,
+            lambda: sharpness_aware_step(passes, optimizer, inputs, targets, options),
+            optimizer=optimizer,
+            on_nonfinite=on_nonfinite,
+            abandon=optimizer.restore_weights,
         )
     base = getattr(optimizer, "base_optimizer", optimizer)
     freeze_stats = bn_stats == "descent" and not isinstance(optimizer, SAM)
