@@ -63,6 +63,12 @@ class SAM(Optimizer):
         self._perturbed: list[torch.Tensor] = []
         self.last_perturbation_norm = torch.zeros(())
 
+    @property
+    def refreshes_mask(self) -> bool:
+        """Whether the next ``first_step`` refreshes a mask from the gradient (Sparse SAM): a
+        step then checks its ascent pass before the climb, not after the descent."""
+        return False
+
     def ascent_parameters(self) -> list[torch.Tensor]:
         """The parameters whose ascent gradient the next ``first_step`` reads."""
         return [p for group in self.param_groups for p in group["params"] if p.requires_grad]

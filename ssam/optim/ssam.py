@@ -116,6 +116,10 @@ class SSAM(SAM):
         self.mask_updates += 1
         self._update_due = False
 
+    @property
+    def refreshes_mask(self) -> bool:
+        return self._update_due
+
     def mask_density(self) -> float:
         """Fraction of weights that are perturbed."""
         if self.masks is None:

@@ -47,10 +47,10 @@ def _step_totals(result: StepResult, trained_images: int) -> dict[str, float | i
     method's own totals of a step that went through."""
     if result.skipped:
         return {"trained_images": trained_images, "skipped_steps": 1}
-    return {
+    return {  # the loss and count stay on the device (EpochProgress.settle)
         "trained_images": trained_images,
-        "loss_sum": result.loss.item() * result.examples,
-        "correct": int(result.correct),
+        "loss_sum": result.loss.double() * result.examples,
+        "correct": result.correct,
         "images": result.examples,
         **result.totals,
     }
@@ -101,7 +101,7 @@ def train_one_epoch(
         progress.step_times_s.append(finished - started)  # the step's compute alone
         previous_end = finished
         progress.add(_step_totals(result, len(targets)))
-        if progress.step % 20 == 0:
+        if progress_bar and progress.step % 20 == 0:  # reading the totals waits for the device
             bar.set_postfix(loss=f"{progress.loss:.4f}", acc=f"{progress.accuracy:.2f}")
         if after_step is not None:
             after_step(progress)

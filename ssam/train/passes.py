@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -57,10 +58,21 @@ class StepResult:
 
 
 def _finite_check(loss: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
-    """A 0-d bool tensor: the loss and the gradient norm are finite (no host sync here)."""
+    """A 0-d bool tensor: the loss and the gradient norm are finite (no host sync here). A
+    non-finite entry anywhere makes its tensor's norm, and so the norm of the norms, non-finite."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
-    return torch.isfinite(loss.detach()) & torch.isfinite(grad_norm.to(loss.device))
+    finite = torch.isfinite(loss.detach())
+    if not grads:
+        return finite
+    norms = torch._foreach_norm(grads)
+    grad_norm = torch.linalg.vector_norm(torch.stack([n.to(loss.device, torch.float32) for n in norms]))
+    return finite & torch.isfinite(grad_norm)
+
+
+class _CheckedPass(NamedTuple):
+    name: str
+    loss: torch.Tensor
+    finite: torch.Tensor  # a 0-d bool tensor, still on the device
 
 
 def micro_batches(
@@ -87,6 +99,7 @@ class Passes:
     precision: Precision = FLOAT32
     replicas: Replicas = SINGLE_PROCESS
     accumulate_steps: int = 1
+    _unsettled: list[_CheckedPass] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         steps = self.accumulate_steps
@@ -123,9 +136,22 @@ class Passes:
         return torch.stack(losses).sum(), torch.stack(correct).sum()
 
     def check(self, loss: torch.Tensor, params: list[torch.Tensor], pass_name: str) -> None:
-        """Unscale the pass's gradient under fp16 and check it and the loss: a non-finite value in
-        any micro-batch makes the sum non-finite, and abandons the step (PassFailed)."""
+        """Unscale the pass's gradient under fp16 and check it and the loss, on the device: a
+        non-finite value in any micro-batch makes the sum non-finite. The host learns of it at
+        the next ``settle``, which a step calls before it changes the weights for good."""
         if self.precision.loss_scale is not None:
             self.precision.loss_scale.unscale_(params)
-        if not self.replicas.all_true(_finite_check(loss, self.model)):
-            raise PassFailed(pass_name, loss)
+        self._unsettled.append(_CheckedPass(pass_name, loss, _finite_check(loss, self.model)))
+
+    def settle(self) -> None:
+        """Wait for the checks since the last settle, in one host sync (and, data-parallel, one
+        collective): if any pass was non-finite on any process, abandon the step (PassFailed,
+        naming the first such pass). A GPU runs a step's passes without waiting for the host
+        in between; a non-finite ascent gradient climbs to a non-finite w + ε, which the descent's
+        check then sees too, and the method's ``abandon_step`` puts back w exactly."""
+        checked, self._unsettled = self._unsettled, []
+        if not checked or self.replicas.all_true(torch.stack([c.finite for c in checked]).all()):
+            return
+        for check in checked:  # the failure's path only: one sync a pass, to name the first
+            if not self.replicas.all_true(check.finite):
+                raise PassFailed(check.name, check.loss)

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from ssam.train.distributed import Replicas
 
 SUMMARIES = ("last", "sum")
@@ -74,7 +76,11 @@ TRAINER_METRICS = (
 
 @dataclass
 class EpochProgress:
-    """Where an epoch is, and its running totals: saved with mid-epoch checkpoints."""
+    """Where an epoch is, and its running totals: saved with mid-epoch checkpoints.
+
+    A step may add a total as a 0-d tensor (a loss on the GPU): the running sum then stays on the
+    device, so that a step needs no host sync for its totals, and comes to the host when read
+    (``settle``). Adding in the same order, in the same float64, gives the same sum either way."""
 
     step: int = 0
     time_s: float = 0.0
@@ -87,7 +93,15 @@ class EpochProgress:
         return cls(totals={total.name: total.number_type() for total in totals})
 
     def state_dict(self) -> dict[str, Any]:
+        self.settle()
         return {**self.__dict__, "totals": dict(self.totals)}
+
+    def settle(self) -> None:
+        """The totals kept on the device, as Python numbers (exactly: float64 to float, int64 to
+        int); later steps add to these."""
+        for name, value in self.totals.items():
+            if isinstance(value, torch.Tensor):
+                self.totals[name] = value.item()
 
     def add(self, step_totals: Mapping[str, float | int]) -> None:
         for name, value in step_totals.items():
@@ -98,6 +112,7 @@ class EpochProgress:
         epoch's end), or on the main one only, the others starting again from zero (before a
         mid-epoch checkpoint, which holds the main process's totals: resumed or not, the epoch
         then adds up the same numbers in the same order)."""
+        self.settle()
         per_process = [total for total in declared if total.per_process]
         sums = replicas.sum([self.totals[total.name] for total in per_process])
         if onto_main_only and not replicas.is_main:
@@ -112,8 +127,10 @@ class EpochProgress:
 
     @property
     def loss(self) -> float:
+        self.settle()
         return mean_loss(self.totals)
 
     @property
     def accuracy(self) -> float:
+        self.settle()
         return accuracy(self.totals)

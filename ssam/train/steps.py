@@ -51,6 +51,7 @@ def sgd_step(
     optimizer.zero_grad(set_to_none=True)
     loss, correct = passes.forward_backward(inputs, targets, freeze_stats=freeze_stats)
     passes.check(loss, parameters_of(optimizer), "training")
+    passes.settle()
     optimizer.step()
     return StepResult(loss, correct, len(targets))
 
@@ -79,8 +80,9 @@ def climb(
     params = parameters_of(optimizer)
     if perturbation == "global":
         passes.replicas.average_gradients(params)
-    # Checked before the climb, so that a bad ascent gradient never reaches a mask refresh.
     passes.check(loss, params, "ascent")
+    if optimizer.refreshes_mask:
+        passes.settle()  # a bad ascent gradient must never reach a mask refresh
     optimizer.first_step(zero_grad=True)
     return loss, correct
 
@@ -94,13 +96,15 @@ def descend(
     bn_stats: str,
     weight: float = 1.0,
 ) -> None:
-    """The descent gradient at w + ε into ``.grad``, of the loss times ``weight``."""
+    """The descent gradient at w + ε into ``.grad``, of the loss times ``weight`` (checked at
+    the step's ``passes.settle()``, before the weights change)."""
     loss, _ = passes.forward_backward(inputs, targets, freeze_stats=bn_stats == "ascent", weight=weight)
     passes.check(loss, parameters_of(optimizer), "descent")
 
 
 def _sharpness_aware_totals(optimizer: SAM) -> dict[str, float | int]:
-    return {SHARPNESS_AWARE_STEPS: 1, PERTURBATION_NORM_SUM: optimizer.last_perturbation_norm.item()}
+    # Kept on the device, in float64 as the epoch's totals are: no host sync in the step.
+    return {SHARPNESS_AWARE_STEPS: 1, PERTURBATION_NORM_SUM: optimizer.last_perturbation_norm.double()}
 
 
 def sam_step(
@@ -121,6 +125,7 @@ def sam_step(
         passes, optimizer, inputs[:size], targets[:size], bn_stats=bn_stats, perturbation=perturbation
     )
     descend(passes, optimizer, inputs, targets, bn_stats=bn_stats)
+    passes.settle()
     optimizer.second_step(zero_grad=True)
     return StepResult(loss, correct, size, sharpness_aware=True, totals=_sharpness_aware_totals(optimizer))
 
@@ -161,6 +166,7 @@ def m_sharpness_step(
             if p.grad is not None:
                 descent_sum[index] = p.grad if descent_sum[index] is None else descent_sum[index].add_(p.grad)
             p.grad = None
+    passes.settle()
     for p, grad in zip(params, descent_sum):
         p.grad = grad
     optimizer.second_step(zero_grad=True)
