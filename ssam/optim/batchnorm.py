@@ -26,3 +26,29 @@ def frozen_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
     finally:
         for layer in layers:
             layer.track_running_stats = True
+
+
+@contextmanager
+def restored_batchnorm_stats(model: torch.nn.Module) -> Iterator[None]:
+    """What ``frozen_batchnorm_stats`` does, for a pass under torch.compile: the layers update
+    their statistics as in any training pass, and get their saved values back when it ends.
+
+    Dynamo's graphs guard on ``track_running_stats``, so switching it would compile a graph of
+    its own for every frozen pass; this keeps the one graph of a training pass. (Under
+    torch.func transforms, which forbid writing the buffers, use ``frozen_batchnorm_stats``.)
+    """
+    buffers = [
+        buffer
+        for layer in model.modules()
+        if isinstance(layer, _BatchNorm) and layer.track_running_stats
+        for buffer in (layer.running_mean, layer.running_var, layer.num_batches_tracked)
+        if buffer is not None
+    ]
+    saved = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:
+        # Through .data, which autograd does not version: the pass's backward, often run after
+        # this ends, holds the buffers (and in training mode never reads their values).
+        for buffer, value in zip(buffers, saved):
+            buffer.data.copy_(value)

@@ -21,6 +21,7 @@ from ssam.train.builders import (
     model_from_config,
     passes_from_config,
 )
+from ssam.train.compiling import compiler
 from ssam.train.distributed import Replicas
 from ssam.train.kinds import Method
 from ssam.train.passes import Passes
@@ -99,7 +100,7 @@ def build_parts(cfg: DictConfig, replicas: Replicas) -> RunParts:
         model = synchronised_batchnorm(model)
     # Evaluation stays outside DDP: the processes' shares of the test set can differ in size, so
     # nothing in it may wait on the others.
-    compiled = torch.compile if cfg.trainer.compile else (lambda module: module)
+    compiled = compiler(cfg.trainer.compile_backend) if cfg.trainer.compile else (lambda module: module)
     training_model = replicas.wrap(model)
     if replicas.world_size > 1:
         # The replicas now hold rank 0's weights; from here each process draws its own random

@@ -10,14 +10,14 @@ the same for all of them, and lives here.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from ssam.optim import frozen_batchnorm_stats
+from ssam.optim.batchnorm import frozen_batchnorm_stats, restored_batchnorm_stats
 from ssam.train.distributed import SINGLE_PROCESS, Replicas
 from ssam.train.precision import FLOAT32, Precision
 
@@ -106,6 +106,17 @@ class Passes:
         if isinstance(steps, bool) or not (isinstance(steps, int) and steps >= 1):
             raise ValueError(f"accumulate_steps must be an integer >= 1, got {steps!r}")
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the model runs under torch.compile, whose graphs guard on every parameter's
+        ``requires_grad``: a pass that switched them would compile graphs of its own."""
+        return hasattr(self.model, "_orig_mod")
+
+    def _batchnorm_stats(self, freeze: bool) -> AbstractContextManager:
+        if not freeze:
+            return nullcontext()
+        return (restored_batchnorm_stats if self.compiled else frozen_batchnorm_stats)(self.model)
+
     def forward_backward(
         self,
         inputs: torch.Tensor,
@@ -123,10 +134,7 @@ class Passes:
         losses, correct = [], []
         for micro_inputs, micro_targets, share, last in micro_batches(inputs, targets, self.accumulate_steps):
             with self.replicas.accumulating(self.model, last=last):
-                with (
-                    frozen_batchnorm_stats(self.model) if freeze_stats else nullcontext(),
-                    self.precision.autocast(),
-                ):
+                with self._batchnorm_stats(freeze_stats), self.precision.autocast():
                     logits = self.model(micro_inputs)
                     loss = F.cross_entropy(logits, micro_targets)
                 weighted = loss * (weight * share)

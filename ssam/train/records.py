@@ -156,9 +156,16 @@ class RunRecords:
 
 
 def run_summary(
-    cfg: DictConfig, history: RunHistory, method: Method, replicas: Replicas, label_noise_changed: float
+    cfg: DictConfig,
+    history: RunHistory,
+    method: Method,
+    replicas: Replicas,
+    label_noise_changed: float,
+    *,
+    compiled_graphs: int | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the results, the settings that shaped them, and where they ran."""
+    """summary.json: the results, the settings that shaped them, and where they ran.
+    ``compiled_graphs``: under trainer.compile, the graphs this process compiled."""
     device = replicas.device
     settings = method.values
     summary = {
@@ -176,6 +183,7 @@ def run_summary(
         "amp": cfg.trainer.amp,
         "accumulate_steps": cfg.trainer.accumulate_steps,
         "deterministic": cfg.trainer.deterministic,
+        "compiled_graphs": compiled_graphs,
         "seed": cfg.seed,
         "train_time_s": history.train_time_s,
         "step_time_s": statistics.median(history.step_times_s),

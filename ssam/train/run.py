@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ssam.analysis.tracking import SharpnessTracker
 from ssam.extensions import load_extensions
 from ssam.train.checkpoint import CHECKPOINT_FORMAT, exclusive_run_directory, load_checkpoint, save_checkpoint
+from ssam.train.compiling import CompileWatch
 from ssam.train.determinism import set_determinism
 from ssam.train.distributed import Replicas, join_processes
 from ssam.train.loop import evaluate, train_one_epoch
@@ -88,6 +89,7 @@ class _Training:
         self.track_every = cfg.trainer.track_sharpness_every
         # Made before the first epoch: see its docstring.
         self.tracker = SharpnessTracker(parts.train_set) if self.track_every else None
+        self.compile_watch = CompileWatch() if cfg.trainer.compile else None
 
     def state(self, progress: EpochProgress | None) -> dict[str, Any]:
         parts = self.parts
@@ -182,6 +184,8 @@ class _Training:
         record |= {metric.name: metric.value(parts.method, progress.totals) for metric in parts.metrics}
         if parts.val_loader is not None:
             record["val_loss"], record["val_acc"] = self.evaluate(parts.val_loader)
+        if self.compile_watch is not None:
+            record["compiled_graphs"] = self.compile_watch.graphs
         if self.tracker is not None and (epoch + 1) % self.track_every == 0:
             record["lambda_max"] = self.tracker.lambda_max(parts.model)
         return record
@@ -200,6 +204,8 @@ class _Training:
         self.progress = None
         if self.replicas.is_main:
             _checkpoint(self.checkpoint_path, self.state(None))
+        for warning in self.compile_watch.new_warnings() if self.compile_watch else ():
+            print(warning)
 
 
 def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]:
@@ -222,7 +228,17 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
     for epoch in range(history.epoch, cfg.epochs):
         progress = training.train_epoch(epoch)
         training.end_epoch(progress, training.epoch_record(epoch, progress))
-    summary = run_summary(cfg, training.history, parts.method, replicas, parts.label_noise_changed)
+    watch = training.compile_watch
+    summary = run_summary(
+        cfg,
+        training.history,
+        parts.method,
+        replicas,
+        parts.label_noise_changed,
+        compiled_graphs=None if watch is None else watch.graphs,
+    )
+    if watch is not None:
+        watch.close()
     if replicas.is_main:
         write_json(summary_path, summary)
     training.records.finish(summary)

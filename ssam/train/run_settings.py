@@ -26,6 +26,7 @@ from ssam.settings import (
     is_list,
     one_of,
 )
+from ssam.train.compiling import COMPILE_BACKENDS
 from ssam.train.passes import ON_NONFINITE
 from ssam.train.precision import AMP
 
@@ -72,6 +73,11 @@ TRAINER_SETTINGS = {
     "amp": Setting("none", one_of(*AMP), "autocast: none, bf16 or fp16"),
     "channels_last": Setting(False, BOOLEAN, "NHWC memory layout"),
     "compile": Setting(False, BOOLEAN, "torch.compile the model"),
+    "compile_backend": Setting(
+        "inductor",
+        one_of(*COMPILE_BACKENDS),
+        "torch.compile's backend: inductor (generated kernels), aot_eager (graphs, no codegen: tests)",
+    ),
     "deterministic": Setting(
         False, BOOLEAN, "GPUs: deterministic kernels, TF32 off (ssam/train/determinism.py)"
     ),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +74,10 @@ def climb(
     its own batch's gradient. Under accumulation the gradient of every micro-batch is summed
     first, and the climb is taken once, from the whole batch's gradient."""
     optimizer.zero_grad(set_to_none=True)
-    with passes.replicas.ascent_pass(passes.model), optimizer.ascent_graph():
+    # A compiled backward computes every gradient of its graph anyway, and a graph that
+    # left some out would be one more per mask: the ascent then builds the whole graph.
+    ascent_graph = nullcontext() if passes.compiled else optimizer.ascent_graph()
+    with passes.replicas.ascent_pass(passes.model), ascent_graph:
         loss, correct = passes.forward_backward(
             inputs, targets, optimizer.ascent_backward, freeze_stats=bn_stats == "descent"
         )
