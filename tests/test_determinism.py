@@ -54,7 +54,11 @@ def test_without_it_the_next_job_gets_torch_s_defaults_and_a_gpu_run_is_told_wha
 
 
 @pytest.mark.skipif(missing_data_message("fashion_mnist", None) is not None, reason="needs Fashion-MNIST")
-def test_on_the_cpu_a_deterministic_run_is_the_same_run_and_says_so(tmp_path, restored):
+def test_on_the_cpu_a_deterministic_run_is_the_same_run_and_says_so(tmp_path, restored, monkeypatch):
+    import ssam.train.run
+
+    peak_resets = []  # each run of a multirun's process measures its own peak (CUDA's: below)
+    monkeypatch.setattr(ssam.train.run, "reset_peak_memory", peak_resets.append)
     metrics = {}
     for deterministic in (False, True):
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
@@ -78,3 +82,16 @@ def test_on_the_cpu_a_deterministic_run_is_the_same_run_and_says_so(tmp_path, re
             {k: v for k, v in row.items() if not k.endswith(("time_s", "_per_s"))} for row in rows
         ]
     assert metrics[True] == metrics[False]
+    assert peak_resets == [CPU, CPU]
+
+
+def test_each_run_of_a_multirun_measures_its_own_cuda_peak(monkeypatch):
+    """A multirun's jobs share one process: the CUDA peak is reset when a run starts (the device
+    is faked here; CPU runs leave the CUDA counters alone)."""
+    from ssam.train import records
+
+    resets = []
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", resets.append)
+    records.reset_peak_memory(CPU)
+    records.reset_peak_memory(CUDA)
+    assert resets == [CUDA]

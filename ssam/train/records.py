@@ -22,6 +22,14 @@ from ssam.train.progress import Metric
 from ssam.train.wandb_sink import WandbSink
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start measuring this run's CUDA peak: a multirun's jobs share one process, and each would
+    otherwise report the largest peak of the jobs before it too. (The CPU's peak resident size
+    cannot be reset: under a multirun it is the process's.)"""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak CUDA memory allocated by tensors, or on the CPU the process's peak resident size."""
     if device.type == "cuda":

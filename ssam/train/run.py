@@ -27,7 +27,7 @@ from ssam.train.metrics import format_table, read_json, write_json
 from ssam.train.parts import RunParts, build_parts
 from ssam.train.passes import NonFiniteError
 from ssam.train.progress import EpochProgress
-from ssam.train.records import RunHistory, RunRecords, peak_memory_mb, run_summary
+from ssam.train.records import RunHistory, RunRecords, peak_memory_mb, reset_peak_memory, run_summary
 from ssam.train.resume import resume, run_identity
 from ssam.train.rng import rng_state
 from ssam.train.validate import validate_config
@@ -58,6 +58,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     with replicas.console(), ExitStack() as lock:
         notes = method_named(cfg.optimizer.name).advice(OmegaConf.to_container(cfg.optimizer, resolve=True))
         notes += set_determinism(cfg.trainer.deterministic, replicas.device)
+        reset_peak_memory(replicas.device)
         for note in notes:
             print(note)
 
