@@ -4,6 +4,7 @@ with batch 2B, rank 0 alone records, and a checkpoint moves from 2 processes to 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from contextlib import ExitStack, contextmanager
@@ -58,6 +59,15 @@ REPLICA_RUNS = {
     "ssam_d_local": ["optimizer=ssam_d", "optimizer.perturbation=local", "epochs=2"],
     # Gradient accumulation: DDP all-reduces at each pass's last micro-batch only.
     "ssam_f_accumulated": ["optimizer=ssam_f", "optimizer.num_samples=8", "trainer.accumulate_steps=3"],
+    # fmnist_noisy's data under torchrun: label noise and a validation split, held on the device;
+    # each process evaluates its shard of the split.
+    "noisy_on_device": [
+        "optimizer=sgd",
+        "dataset.label_noise=0.4",
+        "dataset.val_size=63",
+        "dataset.on_device=true",
+        "trainer.num_workers=0",
+    ],
 }
 # Without BatchNorm (whose batch statistics depend on how the batch is split): SAM on 2 × B.
 EQUIVALENCE_RUN = ["optimizer=sam"]
@@ -189,6 +199,24 @@ def test_sparse_masks_are_identical_on_both_processes(two_processes, name):
         assert torch.equal(mine, theirs)
     updates = read_jsonl(two_processes / name / "masks.jsonl")
     assert len(updates) == (2 if name == "ssam_d_local" else 1)
+
+
+@pytest.mark.slow
+def test_the_processes_validate_on_the_single_process_split_with_its_noisy_labels(two_processes):
+    """The two processes' shards of the validation split, evaluated with the final weights, give
+    the accuracy that one process gets on the whole split: the same examples, the same labels."""
+    from ssam.train.distributed import SINGLE_PROCESS
+    from ssam.train.loop import evaluate
+    from ssam.train.parts import build_parts
+
+    name = "noisy_on_device"
+    recorded = read_jsonl(two_processes / name / "metrics.jsonl")[-1]
+    parts = build_parts(config(REPLICA_RUNS[name]), SINGLE_PROCESS)
+    parts.model.load_state_dict(reports(two_processes, name)[0]["state"])
+    _, accuracy = evaluate(parts.evaluation_model, parts.val_loader, SINGLE_PROCESS.device)
+    assert accuracy == recorded["val_acc"]
+    summary = json.loads((two_processes / name / "summary.json").read_text())
+    assert summary["label_noise_changed"] == parts.label_noise_changed > 0
 
 
 @pytest.mark.slow
