@@ -23,7 +23,12 @@ to every run.
 
   where T = epochs × steps per epoch and k the mask refreshes after the first mask, both in the
   sharpness-aware phase (Sparse SAM only). It writes ``<out>/step_cost.json``.
-- ``report`` reads the runs' summary.json, step_cost.json and sweep.json and writes the CSV,
+- ``flops`` counts each configuration's FLOPs per step relative to SGD's, with torch's
+  FlopCounterMode (ssam/analysis/flops.py): every step of a whole training run, as the trainer
+  takes it, on the preset's first batch, so that late phases, intervals, switching and mask
+  refreshes come at their own steps. It writes ``<out>/flops.json``, with each configuration's
+  declared passes per step beside it.
+- ``report`` reads the runs' summary.json, step_cost.json, flops.json and sweep.json and writes the CSV,
   the figure and a Markdown table (frontier_report.py); missing or unfinished runs are listed,
   never dropped.
 """
@@ -48,6 +53,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
+from ssam.analysis.flops import training_flops_per_step
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.optim import SSAM
@@ -348,6 +354,53 @@ def bench(args: argparse.Namespace) -> dict:
     return record
 
 
+def flops(args: argparse.Namespace) -> dict:
+    """FLOPs of each configuration's mean training step relative to SGD's; writes and returns
+    flops.json."""
+    configs = list(dict.fromkeys(["sgd", *args.configs]))  # SGD is the unit
+    batches: dict = {}
+    results, sgd = {}, None
+    for name in configs:
+        entry = BenchedConfig(compose_config(run_overrides(args.preset, name, args.set)), batches)
+        per_step = training_flops_per_step(
+            entry.method,
+            entry.passes,
+            entry.inputs.contiguous(memory_format=entry.memory_format),
+            entry.targets,
+            epochs=entry.cfg.epochs,
+            steps_per_epoch=entry.steps_per_epoch,
+        )
+        sgd = entry if name == "sgd" else sgd
+        results[name] = {
+            "overrides": run_overrides(args.preset, name, args.set),
+            "flops_per_step": per_step,
+            "passes_per_step": entry.method.passes_per_step,
+            "total_steps": entry.total_steps,
+        }
+        print(
+            f"{name}: {per_step:.4g} FLOPs a step, {per_step / results['sgd']['flops_per_step']:.3f} × SGD's"
+        )
+    for result in results.values():
+        result["flops_vs_sgd"] = result["flops_per_step"] / results["sgd"]["flops_per_step"]
+    record = {
+        "benchmark": "frontier_flops",
+        "counted_by": "torch.utils.flop_counter.FlopCounterMode (matmuls and convolutions, 2 a multiply-add)",
+        "preset": args.preset,
+        "set": args.set,
+        "torch": torch.__version__,
+        "model": sgd.cfg.model.name,
+        "batch_size": sgd.cfg.batch_size,
+        "input_shape": list(sgd.inputs.shape[1:]),
+        "epochs": sgd.cfg.epochs,
+        "steps_per_epoch": sgd.steps_per_epoch,
+        "configs": results,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "flops.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 
@@ -378,6 +431,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bench_parser.add_argument("--warmup", type=int, default=2)
     bench_parser.add_argument("--repeats", type=int, default=9)
     bench_parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    flops_parser = commands.add_parser("flops", help="FLOPs per step of every config relative to SGD")
+    add_runs_options(flops_parser)
     report_parser = commands.add_parser("report", help="the CSV, figure and Markdown table")
     report_parser.add_argument("--out", required=True)
     report_parser.add_argument("--csv", default="docs/frontier.csv")
@@ -395,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if train(args) else 0
     if args.command == "bench":
         bench(args)
+    elif args.command == "flops":
+        flops(args)
     else:
         report(Path(args.out), Path(args.csv), Path(args.figure), args.markdown, list(CONFIGS))
     return 0

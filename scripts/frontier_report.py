@@ -33,6 +33,8 @@ CSV_COLUMNS = (
     "final_test_acc_std",
     "step_cost_vs_sgd",
     "run_time_vs_sgd",
+    "passes_per_step",
+    "flops_vs_sgd",
 )
 
 
@@ -75,9 +77,12 @@ def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
     return summaries, missing
 
 
-def frontier_rows(summaries: dict[str, list[dict]], step_cost: dict | None) -> list[dict]:
+def frontier_rows(
+    summaries: dict[str, list[dict]], step_cost: dict | None, flops: dict | None = None
+) -> list[dict]:
     """One row per config with finished runs, sorted by step cost (unmeasured ones last)."""
     costs = (step_cost or {}).get("configs", {})
+    counted = (flops or {}).get("configs", {})
     sgd_time = None
     if "sgd" in summaries:
         sgd_time = statistics.mean(s["train_time_s"] for s in summaries["sgd"])
@@ -98,6 +103,8 @@ def frontier_rows(summaries: dict[str, list[dict]], step_cost: dict | None) -> l
                 "final_test_acc_std": final_std,
                 "step_cost_vs_sgd": costs.get(config, {}).get("ratio_vs_sgd"),
                 "run_time_vs_sgd": run_time / sgd_time if sgd_time else None,
+                "passes_per_step": counted.get(config, {}).get("passes_per_step"),
+                "flops_vs_sgd": counted.get(config, {}).get("flops_vs_sgd"),
             }
         )
     return sorted(
@@ -198,9 +205,9 @@ def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None,
         lines.append(f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s).")
     lines += [
         "",
-        "| config | n | test acc at best val | final test acc | step cost × SGD | run time × SGD "
-        "| SAM's gain kept | Δ to SAM (SE) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| config | n | test acc at best val | final test acc | step cost × SGD | FLOPs × SGD "
+        "| run time × SGD | SAM's gain kept | Δ to SAM (SE) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(mean: float | None, std: float | None) -> str:
@@ -211,13 +218,14 @@ def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None,
     for row in rows:
         gain = sam_gain_kept(row, sgd, sam)
         errors = None if row["config"] == "sam" else standard_errors_from_sam(row, sam)
-        cost = row["step_cost_vs_sgd"]
+        cost, flops = row["step_cost_vs_sgd"], row["flops_vs_sgd"]
         run_time = row["run_time_vs_sgd"]
         lines.append(
             f"| {row['config']} | {row['n']} "
             f"| {cell(row['test_acc_at_best_val_mean'], row['test_acc_at_best_val_std'])} "
             f"| {cell(row['final_test_acc_mean'], row['final_test_acc_std'])} "
             f"| {'missing' if cost is None else f'{cost:.3f}'} "
+            f"| {'missing' if flops is None else f'{flops:.3f}'} "
             f"| {'missing' if run_time is None else f'{run_time:.3f}'} "
             f"| {'—' if gain is None else f'{gain:.2f}'} | {'—' if errors is None else f'{errors:+.2f}'} |"
         )
@@ -244,8 +252,11 @@ def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, config
             for name in summaries
             if name not in step_cost["configs"]
         ]
+    flops = read_json(out / "flops.json")
+    if flops is None:
+        missing.append(f"flops.json: not in {out} (run `python scripts/frontier.py flops`)")
     missing += [f"{name}: not run" for name in configs if name not in summaries and not (out / name).exists()]
-    rows = frontier_rows(summaries, step_cost)
+    rows = frontier_rows(summaries, step_cost, flops)
     dataset = next(iter(summaries.values()))[0].get("dataset", "")
     write_csv(rows, csv_path)
     plot_frontier(rows, figure, title=f"{out.name} ({dataset}): accuracy against step cost")

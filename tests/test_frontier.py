@@ -44,7 +44,8 @@ def summary(best_val: float | None, final: float, train_time_s: float) -> dict:
 @pytest.fixture
 def frontier_out(tmp_path):
     """SGD 80/82/84, SAM 88/90/92, SSAM-F s=0.5 86/88 (seed 2 unfinished), a tensor run without
-    validation; step costs 1, 2, 1.2, 1.5; sweep.json also asked for ssam_d_s0.5 seed 0."""
+    validation; step costs 1, 2, 1.2, 1.5; FLOPs 1, 2, 1.5 (none for the tensor run); sweep.json
+    also asked for ssam_d_s0.5 seed 0."""
     out = tmp_path / "frontier"
     for seed, (sgd, sam) in enumerate([(80.0, 88.0), (82.0, 90.0), (84.0, 92.0)]):
         write_run(out, "sgd", seed, summary(sgd, sgd - 1, 10.0))
@@ -64,6 +65,9 @@ def frontier_out(tmp_path):
         "configs": {name: {"ratio_vs_sgd": ratio} for name, ratio in costs.items()},
     }
     (out / "step_cost.json").write_text(json.dumps(step_cost))
+    counted = {"sgd": (1.0, 1.0), "sam": (2.0, 2.0), "ssam_f_s0.5": (1.5, 2.0)}
+    flops = {"configs": {name: {"flops_vs_sgd": f, "passes_per_step": p} for name, (f, p) in counted.items()}}
+    (out / "flops.json").write_text(json.dumps(flops))
     sweep = {
         "invocations": [
             {"configs": ["sgd", "sam", "ssam_f_s0.5", "ssam_d_s0.5"], "seeds": [0], "wall_s": 60.0}
@@ -98,6 +102,9 @@ def test_report_means_sample_stds_and_ratios_to_sgd(frontier_out, tmp_path):
     assert float(rows["ssam_f_s0.5"]["step_cost_vs_sgd"]) == 1.2
     assert float(rows["sam"]["run_time_vs_sgd"]) == 2.1  # mean(20, 21, 22) / 10
     assert float(rows["ssam_f_s0.5"]["run_time_vs_sgd"]) == 1.6
+    assert float(rows["ssam_f_s0.5"]["flops_vs_sgd"]) == 1.5
+    assert float(rows["ssam_f_s0.5"]["passes_per_step"]) == 2.0
+    assert rows["ssam_f_tensor_s0.5"]["flops_vs_sgd"] == ""  # not counted: missing
     assert rows["ssam_f_tensor_s0.5"]["test_acc_at_best_val_mean"] == ""  # no validation: missing
     assert rows["ssam_f_tensor_s0.5"]["final_test_acc_std"] == ""  # one run: no sample std
 
@@ -105,14 +112,16 @@ def test_report_means_sample_stds_and_ratios_to_sgd(frontier_out, tmp_path):
 def test_report_markdown_has_sams_gain_kept_and_the_difference_in_standard_errors(frontier_out, tmp_path):
     markdown = run_report(frontier_out, tmp_path)[1]
     # (87 − 82) / (90 − 82) = 0.625; (87 − 90) / sqrt(2/2 + 4/3) = −1.96
-    assert "| ssam_f_s0.5 | 2 | 87.00 ± 1.41 | 86.00 ± 1.41 | 1.200 | 1.600 | 0.62 | -1.96 |" in markdown
-    assert "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 0.00 | -4.90 |" in markdown
-    assert "| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.100 | 1.00 | — |" in markdown
-    assert "| ssam_f_tensor_s0.5 | 1 | missing | 83.00 | 1.500 | 1.200 | — | — |" in markdown
+    assert (
+        "| ssam_f_s0.5 | 2 | 87.00 ± 1.41 | 86.00 ± 1.41 | 1.200 | 1.500 | 1.600 | 0.62 | -1.96 |" in markdown
+    )
+    assert "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 | 0.00 | -4.90 |" in markdown
+    assert "| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.000 | 2.100 | 1.00 | — |" in markdown
+    assert "| ssam_f_tensor_s0.5 | 1 | missing | 83.00 | 1.500 | missing | 1.200 | — | — |" in markdown
     lines = markdown.splitlines()
     assert lines.index(
-        "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 0.00 | -4.90 |"
-    ) < lines.index("| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.100 | 1.00 | — |")
+        "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 | 0.00 | -4.90 |"
+    ) < lines.index("| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.000 | 2.100 | 1.00 | — |")
 
 
 def test_report_lists_unfinished_never_started_and_unvalidated_runs(frontier_out, tmp_path):
@@ -200,3 +209,16 @@ def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_pat
     assert late["cost_s"] == pytest.approx(
         7 / 8 * late["plain_step_s"] + 1 / 8 * late["step_s"] + late["first_mask_s"] / 8
     )
+
+
+@pytest.mark.slow
+def test_flops_counts_every_step_of_training_relative_to_sgd(tmp_path):
+    tiny = ["dataset.train_size=128", "dataset.val_size=32", "dataset.test_size=32", "batch_size=32"]
+    tiny += ["epochs=2", "model.widths=[4,4,4]"]
+    arguments = ["flops", "--preset", PRESET, "--configs", "late_sam_0.5", "--set", *tiny]
+    assert frontier.main([*arguments, "--out", str(tmp_path)]) == 0
+    record = json.loads((tmp_path / "flops.json").read_text())
+    ratios = {name: result["flops_vs_sgd"] for name, result in record["configs"].items()}
+    # 8 steps, the first 4 of them plain under late-phase SAM from 0.5.
+    assert ratios == {"sgd": 1.0, "late_sam_0.5": 1.5}
+    assert record["configs"]["late_sam_0.5"]["passes_per_step"] == 1.5
