@@ -4,13 +4,22 @@
     python scripts/bench_memory.py --device cuda --json docs/bench_memory_cuda.json
 
 Each (optimizer, k) runs in a process of its own, since a process's peak only grows: the model
-and optimizer are built, one batch is made, and ``--steps`` steps are taken on it. Reported:
+and optimizer are built, one batch is made, and ``--steps`` steps are taken on it. SSAM-F's first
+step also builds its mask from the Fisher scores of 16 samples. What each row includes:
 
-- on the CPU, the peak resident set size (max RSS) and its rise over the RSS before the first
-  step. RSS is a coarse measure: it counts the interpreter, torch's libraries and pages the
-  allocator keeps after freeing them, so only the differences between rows mean much;
-- on CUDA, ``torch.cuda.max_memory_allocated`` (tensors only) and its rise over what is
-  allocated before the first step (weights, batch), i.e. what the steps themselves need.
+- on CUDA, the steady-state step: one warm-up step first (it builds SSAM-F's first mask, whose
+  vmap Fisher pass holds a chunk of per-sample gradients, and the optimizer's state), then the
+  peak is reset. ``before`` is what is allocated after the warm-up: weights, batch, momentum,
+  SAM's copy of w, Sparse SAM's mask, and the gradients SGD's step leaves (SAM's steps free
+  theirs); ``peak`` is ``torch.cuda.max_memory_allocated`` (tensors only) over the ``--steps``
+  steps, and the rise is what a step needs on top: the activations of a micro-batch, the
+  gradients SAM's steps make, ε;
+- on the CPU, whose peak resident set size (max RSS) cannot be reset, the peak over the whole
+  process and its rise over the RSS before the first step: every step from the first, SSAM-F's
+  first mask included (on the CPU its Fisher pass is the batch-1 loop, which holds one sample's
+  gradients at a time). RSS is a coarse measure: it counts the interpreter, torch's libraries
+  and pages the allocator keeps after freeing them, so only the differences between rows mean
+  much.
 """
 
 from __future__ import annotations
@@ -60,6 +69,9 @@ def measure(args: argparse.Namespace) -> dict:
         settings.update(sparsity=0.5, mask_strategy=mask)
     optimizer = build_optimizer(args.optimizer, model, **settings)
     if device.type == "cuda":
+        # The steady-state step: the warm-up step builds SSAM-F's first mask (the Fisher pass)
+        # and the optimizer's state, then the peak starts afresh. A CPU process's cannot.
+        training_step(model, optimizer, inputs, targets, accumulate_steps=args.accumulate_steps)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device) / 2**20

@@ -4,6 +4,7 @@
     python scripts/bench_step.py --sparsity 0.5 0.9 --repeats 7 --json docs/bench_step_cpu.json
     python scripts/bench_step.py --device cuda --amp bf16 --channels-last
     python scripts/bench_step.py --sparsity 0.5 --granularity tensor --ascent-cost 1 0.5 auto 0.1
+    python scripts/bench_step.py --sparse-methods ssam_f --sparsity 0.5   # SGD, SAM and SSAM-F only
 
 Every optimizer steps on the same batch with its own copy of the model; the optimizers take
 turns (interleaved) so that drifts in machine speed hit all of them alike. Sparse SAM runs at
@@ -47,7 +48,7 @@ def sparse_variants(args):
         norm = "masked" if granularity == "tensor" else args.element_norm
         for cost in costs:
             for sparsity in args.sparsity:
-                for name in ("ssam_f", "ssam_d"):
+                for name in args.sparse_methods:
                     label = f"{name} {granularity} s={sparsity}" + (f" cost={cost}" if len(costs) > 1 else "")
                     variants.append((label, name, sparsity, granularity, norm, cost))
     return variants
@@ -149,6 +150,9 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--model", default="resnet18")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--sparse-methods", nargs="+", default=["ssam_f", "ssam_d"], choices=["ssam_f", "ssam_d"]
+    )
     parser.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.9, 0.99])
     parser.add_argument(
         "--granularity", nargs="+", default=["element", "tensor"], choices=["element", "tensor"]

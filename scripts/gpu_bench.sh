@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
-# Prepared GPU checks, in stages named on the command line (default: steps fast_variants, the
-# check for the fast Sparse SAM variants, under 8 minutes on one H100/H200):
-#   1. steps: the step benchmark (scripts/bench_step.py: CIFAR ResNet-18, batch 128, SGD, SAM,
-#      SSAM-F and SSAM-D at s = 0.5, 0.9, 0.99, element-wise and tensor-granular) in fp32, then in
-#      bf16 with channels-last;
-#   2. fast_variants: the fast-variants accuracy table on Fashion-MNIST (all 60,000 images,
+# Prepared GPU benchmarks, in stages named on the command line (default: fast_variants, under 8
+# minutes on one H100/H200 by estimate). Run scripts/gpu_check.sh first: it checks the trainer on
+# CUDA (determinism, compile, the Fisher pass, the paper's preset) and times the step of SGD, SAM
+# and SSAM-F in fp32 and bf16 (the full step table: scripts/bench_step.py --device cuda).
+#   1. fast_variants: the fast-variants accuracy table on Fashion-MNIST (all 60,000 images,
 #      ResNet-18, 3 epochs, data on the GPU): SGD, SAM, element-wise SSAM-F and tensor-granular
 #      SSAM-F (norm masked) at s = 0.5 and 0.9, seeds 0, 1, 2; the three seeds run side by side on
 #      the one GPU, to fit the time, so the table's time-per-epoch column measures shared use:
-#      the step benchmark is the speed measurement.
-#   3. frontier: the accuracy-vs-cost frontier of scripts/frontier.py at full scale: preset
+#      the step benchmark (gpu_check.sh's steps) is the speed measurement.
+#   2. frontier: the accuracy-vs-cost frontier of scripts/frontier.py at full scale: preset
 #      fmnist_noisy (40% label noise) on all 60,000 Fashion-MNIST images (500 held out for
 #      validation) and the 10,000 test images, ResNet-18, data on the GPU, bf16 autocast with
 #      channels-last; all 14 configurations, $FRONTIER_EPOCHS epochs (default 3), seeds
@@ -18,36 +17,23 @@
 #      GPU by estimate, never run: SGD at about 3 s an epoch, the 14 configurations at about 25
 #      SGD epochs per epoch (their CPU step costs), 4 runs sharing the GPU at about twice one's
 #      throughput, about 20 s to start each run; fewer epochs or seeds if it must fit a hard limit.
-#   4. memory: peak CUDA memory allocated of SGD, SAM and SSAM-F steps on CIFAR ResNet-18 at batch
-#      128 with gradient accumulation k = 1, 2, 4 (scripts/bench_memory.py; about a minute).
-# Each stage's results land in $RESULTS (default results/gpu_<card name>), eight files at most
-# (the frontier: five, with nvidia-smi.txt six); run the frontier as a call of its own.
+#   3. memory: peak CUDA memory allocated of SGD, SAM and SSAM-F steps on CIFAR ResNet-18 at batch
+#      128 with gradient accumulation k = 1, 2, 4, in the steady state: after a warm-up step that
+#      builds SSAM-F's mask (scripts/bench_memory.py; about a minute).
+# The results land in $RESULTS (default results/gpu_<card name>): nvidia-smi.txt, and three files
+# from fast_variants, five from the frontier, two from memory; run the frontier as a call of its own.
 #
 #   bash scripts/gpu_prepare.sh       # here first, with the network: wheels and data, git-ignored
 #   bash scripts/gpu_bench.sh         # on the GPU machine, from the repository root
 #   bash scripts/gpu_bench.sh frontier
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-export PYTHONUNBUFFERED=1
-if ! $PY -c "import hydra, omegaconf" 2>/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --target /tmp/ssam-site .whl/*.whl
-    export PYTHONPATH=/tmp/ssam-site:${PYTHONPATH:-}
-fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-}
+source scripts/gpu_env.sh
 DATA=${DATA:-$PWD/.device/fashion-mnist}
-CARD=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '_')
-RESULTS=${RESULTS:-results/gpu_$CARD}
+RESULTS=${RESULTS:-results/gpu_$(card_name)}
 mkdir -p "$RESULTS"
 nvidia-smi > "$RESULTS/nvidia-smi.txt"
-STAGES=" ${*:-steps fast_variants} "
-
-if [[ $STAGES == *" steps "* ]]; then
-BENCH=(scripts/bench_step.py --device cuda --batch-size 128 --warmup 5 --repeats 20)
-$PY "${BENCH[@]}" --json "$RESULTS/bench_step_fp32.json" | tee "$RESULTS/bench_step_fp32.md"
-$PY "${BENCH[@]}" --amp bf16 --channels-last --json "$RESULTS/bench_step_bf16.json" \
-    | tee "$RESULTS/bench_step_bf16.md"
-fi
+STAGES=" ${*:-fast_variants} "
 
 if [[ $STAGES == *" fast_variants "* ]]; then
 COMMON=(experiment=fmnist_gpu experiment_name=fmnist_fast_variants_gpu epochs=3 "dataset.root=$DATA"

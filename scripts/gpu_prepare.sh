@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run here, on a machine with the package registries, before scripts/gpu_bench.sh is run on a GPU
+# Run here, on a machine with the package registries, before scripts/gpu_check.sh or gpu_bench.sh run on a GPU
 # machine that has torch but no network: puts the wheels the trainer needs beyond torch (Hydra and
 # OmegaConf, for Python 3.12) in .whl/ and the Fashion-MNIST gzip files in .device/fashion-mnist/,
 # both ignored by git, to be carried along with the working tree.
