@@ -155,7 +155,9 @@ def test_weights_outside_the_mask_are_not_perturbed():
     optimizer.first_step()
     for p, w, m in zip(model.parameters(), before, masks):
         assert torch.equal(p.detach()[~m], w[~m])
-        assert (p.detach()[m] != w[m]).any()
+        # A conv bias before BatchNorm has a zero gradient but for rounding: it may stay put.
+        moved = p.detach()[m] != w[m]
+        assert moved[p.grad[m].abs() > 1e-6].all()
 
 
 def test_fisher_mask_is_computed_before_the_first_perturbation():

@@ -14,6 +14,7 @@ such a run computes exactly what it did before data parallelism existed.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext, redirect_stdout
@@ -32,6 +33,9 @@ from ssam.optim.ssam import MaskStrategy
 
 # The collective backend for each kind of device.
 BACKENDS = {"cpu": "gloo", "cuda": "nccl"}
+# DDP's forward_sync_buffers came with torch 2.13; before it, broadcast_buffers=False turned off the
+# buffers' broadcast in the constructor as well as before every forward.
+DDP_HAS_FORWARD_SYNC_BUFFERS = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
 
 T = TypeVar("T")
 
@@ -56,11 +60,17 @@ class Replicas:
         of DDP's machinery) and would keep only rank 0's BatchNorm statistics. Instead each process
         updates its own, and average_batchnorm_statistics reconciles them whenever they are read.
         That also leaves the frozen-statistics pass (ssam.optim.frozen_batchnorm_stats) as it is.
+        Before torch 2.13, broadcast_buffers=False does the same but for the broadcast now, which
+        this then does itself: the replicas start from rank 0's buffers too.
         """
         if self.world_size == 1:
             return model
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+        if DDP_HAS_FORWARD_SYNC_BUFFERS:
+            return DistributedDataParallel(model, device_ids=device_ids, forward_sync_buffers=False)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+        return DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
 
     def ascent_pass(self, model: torch.nn.Module) -> AbstractContextManager:
         """Where SAM's ascent forward and backward run: outside DDP's reducer (``no_sync``).
