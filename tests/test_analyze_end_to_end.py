@@ -21,7 +21,7 @@ MISSING = missing_data_message("fashion_mnist", None)
 if MISSING is not None:
     pytest.skip(f"the analysis end-to-end tests need Fashion-MNIST: {MISSING}", allow_module_level=True)
 
-TINY = ["dataset.train_size=256", "dataset.test_size=256", "batch_size=64"]
+TINY = ["dataset.train_size=128", "dataset.test_size=128", "batch_size=64"]
 # Two epochs: the λ_max measured after the first comes before the second's training, and the
 # mask is refreshed twice, so that its overlap with the previous one is logged.
 SPARSE_RUN = [*TINY, "epochs=2", "optimizer=ssam_f", "optimizer.num_samples=16"]
