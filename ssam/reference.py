@@ -17,6 +17,7 @@ from ssam.data.catalog import DATASET_SETTINGS, DATASETS
 from ssam.extensions import load_extensions
 from ssam.models.catalog import MODELS
 from ssam.settings import REQUIRED, Setting
+from ssam.train.kinds import Method, SharpnessAwareMethod, SparseSAMMethod
 from ssam.train.methods import METHODS
 
 BEGIN = "<!-- settings reference: begin (python -m ssam.reference --write docs/settings.md) -->"
@@ -91,10 +92,17 @@ def _dataset_values() -> list[str]:
     return _table(["dataset", *keys], rows)
 
 
+def _kind(method: type[Method]) -> type[Method]:
+    """The built-in kind a method extends, directly or through classes of its own."""
+    return next(
+        kind for kind in method.__mro__[1:] if kind in (SparseSAMMethod, SharpnessAwareMethod, Method)
+    )
+
+
 def settings_reference() -> str:
     """The Markdown block, between its BEGIN and END markers."""
     methods = [
-        [f"`{m.name}`", _text(m.label), f"`{m.__mro__[1].__name__}`", _text(m.description)]
+        [f"`{m.name}`", _text(m.label), f"`{_kind(m).__name__}`", _text(m.description)]
         for m in METHODS.values()
     ]
     datasets = [

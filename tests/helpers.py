@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from torch import nn
+
+from ssam.errors import ConfigError
+from ssam.train.validate import validate_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def small_conv_net(dtype: torch.dtype = torch.float32, *, seed: int = 0, classes: int = 3) -> nn.Module:
@@ -69,3 +78,13 @@ def assert_a_non_finite_example_skips_the_whole_step(build_optimizer, *, poisone
         assert error.pass_name == "ascent"
     else:
         raise AssertionError("a non-finite step must stop by default")
+
+
+def refusal(overrides: list[str]) -> str:
+    """The message with which validate_config refuses the config composed with ``overrides``
+    (train.py prints it and exits with code 2)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    return str(error.value)

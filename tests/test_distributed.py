@@ -59,6 +59,14 @@ REPLICA_RUNS = {
     "ssam_d_local": ["optimizer=ssam_d", "optimizer.perturbation=local", "epochs=2"],
     # Gradient accumulation: DDP all-reduces at each pass's last micro-batch only.
     "ssam_f_accumulated": ["optimizer=ssam_f", "optimizer.num_samples=8", "trainer.accumulate_steps=3"],
+    # Methods whose steps read the averaged gradient beyond SAM's climb: LookSAM's g_v, and
+    # AE-SAM's ‖g‖², on which the processes must take the same decision.
+    "looksam": ["optimizer=looksam", "optimizer.k=2"],
+    "ae_sam": ["optimizer=ae_sam", "optimizer.ema_decay=0.5"],
+    # ESAM's tensor draws, alike on every process (the ascent all-reduces the drawn tensors'
+    # gradients), and its selection from each process's own share of the batch; SAM-ON's mask.
+    "esam": ["optimizer=esam"],
+    "sam_on": ["optimizer=sam_on", "rho=0.5"],
     # fmnist_noisy's data under torchrun: label noise and a validation split, held on the device;
     # each process evaluates its shard of the split.
     "noisy_on_device": [

@@ -248,7 +248,18 @@ def test_a_name_declared_twice_is_refused(extensions):
 
 def test_an_extension_imported_twice_declares_its_methods_once(extensions):
     load_extensions([MAGNITUDE, str(REPO / MAGNITUDE)])
-    assert list(METHODS) == ["sgd", "sam", "ssam_f", "ssam_d", "magnitude"]
+    assert list(METHODS) == [
+        "sgd",
+        "sam",
+        "ssam_f",
+        "ssam_d",
+        "looksam",
+        "rst",
+        "ae_sam",
+        "esam",
+        "sam_on",
+        "magnitude",
+    ]
 
 
 @pytest.mark.parametrize(

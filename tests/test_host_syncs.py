@@ -50,6 +50,8 @@ def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
         ("sam", {"ascent_fraction": 0.5}, 2),
         ("ssam_f", {"granularity": "tensor", "norm": "masked", "num_samples": 8}, 1),
         ("ssam_d", {}, 2),
+        ("looksam", {"k": 2}, 1),  # its cheap steps and its SAM steps alike
+        ("sam_on", {}, 2),
     ],
 )
 def test_a_step_reads_the_device_once(monkeypatch, name, settings, accumulate_steps):

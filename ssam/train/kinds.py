@@ -96,6 +96,22 @@ class MaskContext:
     selection: TensorSelection | None
 
 
+def require_settings(config: Mapping[str, Any], required: Mapping[str, Any], why: str) -> None:
+    """Refuse (ConfigError) an optimizer setting other than its ``required`` value, saying ``why``."""
+    optimizer = config["optimizer"]
+    for key, value in required.items():
+        if optimizer[key] != value:
+            wanted = "null" if value is None else value
+            raise ConfigError(
+                f"optimizer={optimizer['name']} needs optimizer.{key}={wanted} ({why}), got {optimizer[key]}"
+            )
+
+
+# What a method that uses the ascent gradient g beyond the climb needs: g is the whole batch's
+# gradient at w, the same on every process.
+WHOLE_BATCH_GRADIENT = {"m": None, "ascent_fraction": 1.0, "perturbation": "global"}
+
+
 def without(settings: Mapping[str, Setting], *keys: str) -> dict[str, Setting]:
     """``settings`` less ``keys``: for a method that ignores settings of the class it extends
     (the sparsity of a mask that is structural), which then leaves them out of its records,

@@ -1,5 +1,7 @@
-"""The built-in optimizers of ``optimizer=<name>`` (SGD, SAM, SSAM-F, SSAM-D), each a ``Method``
-class (ssam/train/kinds.py), their table, and helpers to build one outside the trainer.
+"""The built-in optimizers of ``optimizer=<name>``, each a ``Method`` class (ssam/train/kinds.py):
+SGD, SAM, SSAM-F and SSAM-D here, and the cheaper SAMs they are compared with in modules of
+their own (LookSAM, RST and AE-SAM, ESAM, SAM-ON); their table, and helpers to build one outside
+the trainer.
 
 Everything else (the validator, Hydra's config group, the trainer, sweeps, tables, plots and the
 settings reference) reads these classes. Adding a method: docs/extending.md.
@@ -19,6 +21,7 @@ from ssam.optim.fisher import FISHER_METHODS
 from ssam.optim.masks import SCORES
 from ssam.optim.ssam import MaskStrategy
 from ssam.settings import POSITIVE_INT, Setting, in_range, named, one_of
+from ssam.train.esam import ESAMMethod
 from ssam.train.kinds import (
     MaskContext,
     Method,
@@ -27,6 +30,9 @@ from ssam.train.kinds import (
     build_tensor_selection,
     trainable_parameters,
 )
+from ssam.train.looksam import LookSAMMethod
+from ssam.train.sam_on import SAMONMethod
+from ssam.train.switching import AdaptiveSwitchingMethod, RandomSwitchingMethod
 
 __all__ = ["METHODS", "build_mask_strategy", "build_optimizer", "build_tensor_selection", "method_named"]
 
@@ -113,7 +119,18 @@ class SSAMDMethod(SparseSAMMethod):
 
 
 METHODS: dict[str, type[Method]] = {
-    method.name: method for method in (SGDMethod, SAMMethod, SSAMFMethod, SSAMDMethod)
+    method.name: method
+    for method in (
+        SGDMethod,
+        SAMMethod,
+        SSAMFMethod,
+        SSAMDMethod,
+        LookSAMMethod,
+        RandomSwitchingMethod,
+        AdaptiveSwitchingMethod,
+        ESAMMethod,
+        SAMONMethod,
+    )
 }
 
 

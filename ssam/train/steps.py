@@ -106,7 +106,7 @@ def descend(
     passes.check(loss, parameters_of(optimizer), "descent")
 
 
-def _sharpness_aware_totals(optimizer: SAM) -> dict[str, float | int]:
+def sharpness_aware_totals(optimizer: SAM) -> dict[str, float | int]:
     # Kept on the device, in float64 as the epoch's totals are: no host sync in the step.
     return {SHARPNESS_AWARE_STEPS: 1, PERTURBATION_NORM_SUM: optimizer.last_perturbation_norm.double()}
 
@@ -131,7 +131,7 @@ def sam_step(
     descend(passes, optimizer, inputs, targets, bn_stats=bn_stats)
     passes.settle()
     optimizer.second_step(zero_grad=True)
-    return StepResult(loss, correct, size, sharpness_aware=True, totals=_sharpness_aware_totals(optimizer))
+    return StepResult(loss, correct, size, sharpness_aware=True, totals=sharpness_aware_totals(optimizer))
 
 
 def m_sharpness_step(
@@ -176,7 +176,7 @@ def m_sharpness_step(
     optimizer.second_step(zero_grad=True)
     optimizer.last_perturbation_norm = torch.stack([n.to(norms[0].device) for n in norms]).mean()
     return StepResult(
-        loss_sum, correct, batch, sharpness_aware=True, totals=_sharpness_aware_totals(optimizer)
+        loss_sum, correct, batch, sharpness_aware=True, totals=sharpness_aware_totals(optimizer)
     )
 
 
