@@ -188,7 +188,7 @@ def test_an_esam_step_reads_the_device_once_besides_its_cpu_draw(monkeypatch):
     reads = count_host_reads(monkeypatch)
     take_steps(method, model, data)
     monkeypatch.undo()
-    assert reads["tolist"] == len(data)  # the tensor draw, made on the CPU
+    # Each step: its settle, and the tensor draw, made on the CPU (no wait for a device).
     assert sum(reads.values()) == 2 * len(data), reads
 
 

@@ -93,11 +93,15 @@ class Replicas:
 
     def all_true(self, flag: torch.Tensor) -> bool:
         """Whether a 0-d bool tensor is true on every process: they must agree to skip a step."""
-        if self.world_size == 1:
-            return bool(flag)
-        value = flag.to(self.device, torch.int32)
-        dist.all_reduce(value, op=dist.ReduceOp.MIN)
-        return bool(value)
+        return self.all_true_each([flag])[0]
+
+    def all_true_each(self, flags: list[torch.Tensor]) -> list[bool]:
+        """Whether each 0-d bool tensor is true on every process, in one host read (and one
+        collective)."""
+        values = torch.stack([flag.to(self.device) for flag in flags]).to(torch.int32)
+        if self.world_size > 1:
+            dist.all_reduce(values, op=dist.ReduceOp.MIN)
+        return [bool(value) for value in values.tolist()]
 
     def sum(self, values: list[float]) -> list[float]:
         """Each number summed over the processes (in float64: counts stay exact)."""

@@ -151,15 +151,23 @@ class Passes:
             self.precision.loss_scale.unscale_(params)
         self._unsettled.append(_CheckedPass(pass_name, loss, _finite_check(loss, self.model)))
 
-    def settle(self) -> None:
+    def settle(self, choice: torch.Tensor | None = None) -> bool:
         """Wait for the checks since the last settle, in one host sync (and, data-parallel, one
         collective): if any pass was non-finite on any process, abandon the step (PassFailed,
         naming the first such pass). A GPU runs a step's passes without waiting for the host
         in between; a non-finite ascent gradient climbs to a non-finite w + ε, which the descent's
-        check then sees too, and the method's ``abandon_step`` puts back w exactly."""
+        check then sees too, and the method's ``abandon_step`` puts back w exactly.
+
+        ``choice``, a 0-d bool tensor the step must read now too (AE-SAM's: climb or not), is
+        read in the same sync; returns whether it is true on every process (True without one)."""
         checked, self._unsettled = self._unsettled, []
-        if not checked or self.replicas.all_true(torch.stack([c.finite for c in checked]).all()):
-            return
+        finite = [torch.stack([c.finite for c in checked]).all()] if checked else []
+        chosen = [] if choice is None else [choice]
+        if not finite and not chosen:
+            return True
+        answers = self.replicas.all_true_each([*finite, *chosen])
+        if all(answers[: len(finite)]):
+            return answers[-1] if chosen else True
         for check in checked:  # the failure's path only: one sync a pass, to name the first
             if not self.replicas.all_true(check.finite):
                 raise PassFailed(check.name, check.loss)

@@ -258,11 +258,12 @@ class AdaptiveSwitchingMethod(SwitchingSAMMethod):
         squared_norm = gradient_squared_norm(params)
         mean, variance = self.statistics.after(squared_norm)
         stands_out = squared_norm >= mean + self.threshold_at(index) * variance.sqrt()
-        climbs = passes.replicas.all_true(stands_out)
+        # The pass at w is checked, and the choice read, in one host sync.
+        climbs = passes.settle(choice=stands_out)
         if climbs:
             optimizer.first_step(zero_grad=True)
             descend(passes, optimizer, inputs, targets, bn_stats=self.options.bn_stats)
-        passes.settle()
+            passes.settle()
         self.statistics.keep(mean, variance)
         if not climbs:
             optimizer.base_optimizer.step()
