@@ -1,7 +1,9 @@
 """The accuracy-vs-cost frontier: does Sparse SAM keep SAM's gain over SGD for less compute?
 
+    python scripts/frontier.py tune --preset fmnist_noisy --seeds 100 101 --jobs 2 \\
+        --out outputs/frontier/fmnist_noisy_tune
     python scripts/frontier.py train --preset fmnist_noisy --seeds 0 1 2 3 4 --jobs 2 \\
-        --out outputs/frontier/fmnist_noisy
+        --tuned outputs/frontier/fmnist_noisy_tune/tuned.json --out outputs/frontier/fmnist_noisy
     python scripts/frontier.py bench --preset fmnist_noisy --out outputs/frontier/fmnist_noisy
     python scripts/frontier.py report --out outputs/frontier/fmnist_noisy --csv docs/frontier.csv \\
         --figure docs/figures/frontier.png --markdown docs/frontier.md
@@ -13,7 +15,15 @@ to every run.
 - ``train`` runs every (config, seed) through train.py in ``<out>/<config>/seed=<seed>``,
   ``--jobs`` at once, each with cores / jobs torch threads; a finished run is skipped and an
   interrupted one resumed (the trainer does both). Each run's output goes to its train.log;
-  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it.
+  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it. With
+  ``--tuned <tuned.json>`` each configuration that ``tune`` tuned runs with its chosen radius
+  override appended (the others as they are), and sweep.json records which.
+- ``tune`` chooses each configuration's radius on validation data: it runs, as ``train`` does and
+  on seeds of its own, every value of the configuration's grid (RADIUS_GRIDS: at least 3 values
+  spanning its untuned radius) in ``<out>/<config>/<key>=<value>/seed=<seed>``, and writes
+  ``<out>/tuned.json``: the grid, each value's best validation accuracy (summary.json's
+  ``best_val_acc``) per seed, and the value with the best mean, the smaller on a tie. Test
+  accuracy is never read.
 - ``bench`` measures each configuration's step cost relative to SGD in one process, on the
   preset's own model, batch and data, built by the trainer's builders: the configurations take
   turns each repeat, and the median is kept. Per step, with f the share of plain steps
@@ -44,6 +54,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -85,16 +96,52 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "ssam_f_s0.5_masked_norm": ("optimizer=ssam_f", "sparsity=0.5", "optimizer.norm=masked"),
     # SSAM-D that never prunes or regrows: a fixed random mask.
     "random_mask_s0.5": ("optimizer=ssam_d", "sparsity=0.5", "optimizer.drop_rate=0"),
-    # Whole tensors, cost-aware: the ascent's backward stops early.
-    "ssam_f_tensor_s0.5": (*TENSOR, "sparsity=0.5"),
-    "ssam_f_tensor_s0.9": (*TENSOR, "sparsity=0.9"),
     # Late-phase SAM: plain SGD steps for the first fraction of training.
     "late_sam_0.5": ("optimizer=sam", "optimizer.sam_from=0.5"),
     "late_sam_0.8": ("optimizer=sam", "optimizer.sam_from=0.8"),
+    # Whole tensors, cost-aware: the ascent's backward stops early. The first to drop when the
+    # budget does not fit: on fmnist_noisy each of these four kept under 10% of SAM's gain (-1% to 8%,
+    # none measurably above SGD; docs/results.md), off the frontier by a wide margin.
+    "ssam_f_tensor_s0.5": (*TENSOR, "sparsity=0.5"),
+    "ssam_f_tensor_s0.9": (*TENSOR, "sparsity=0.9"),
     "late_ssam_f_tensor_s0.5_0.8": (*TENSOR, "sparsity=0.5", "optimizer.sam_from=0.8"),
     # m-sharpness-style ascent on a quarter of the batch.
     "ssam_f_tensor_s0.5_af0.25": (*TENSOR, "sparsity=0.5", "optimizer.ascent_fraction=0.25"),
+    # Other authors' cheaper SAMs, each at its authors' defaults and at one cheaper setting of its
+    # second knob (docs/method.md has the defaults and their sources).
+    "looksam_k5": ("optimizer=looksam",),
+    "looksam_k10": ("optimizer=looksam", "optimizer.k=10"),  # a SAM step every 10th step
+    "rst_p0.5": ("optimizer=rst",),
+    "rst_p0.25": ("optimizer=rst", "optimizer.probability=0.25"),  # a quarter of the steps SAM's
+    "ae_sam": ("optimizer=ae_sam",),
+    # c_t stays at λ₂ = 1 instead of falling to −1: fewer steps stand out, fewer SAM steps.
+    "ae_sam_c1": ("optimizer=ae_sam", "optimizer.threshold_end=1"),
+    # The ascent on β = 0.6 of the tensors, the descent on γ = 0.5 of the batch.
+    "esam": ("optimizer=esam",),
+    "esam_g0.25": ("optimizer=esam", "optimizer.gamma=0.25"),  # the descent on a quarter of the batch
+    # At its authors' ρ (ssam.train.sam_on.AUTHORS_RHO): the normalisation layers alone need more.
+    "sam_on": ("optimizer=sam_on", "rho=0.5"),
 }
+
+# ``tune``'s grid for each method: the override it sets, and the multiples of the configuration's
+# untuned value that it tries, so that each grid spans the radius the configuration has without
+# tuning, whatever the preset. The grids are ours, not the papers'. The SAM family: half, the same
+# and double (ρ = 0.05, 0.1, 0.2 on fmnist_noisy, whose ρ is 0.1). SAM-ON, whose configuration has
+# its authors' ρ = 0.5 (on CIFAR, where they give SAM 0.05): from a fifth to double it, 0.1, 0.5
+# and 1.0, the lowest being SAM's own radius on fmnist_noisy.
+SAM_FAMILY_GRID = ("rho", (0.5, 1.0, 2.0))
+RADIUS_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    **dict.fromkeys(("sam", "ssam_f", "ssam_d", "looksam", "rst", "ae_sam", "esam"), SAM_FAMILY_GRID),
+    "sam_on": ("rho", (0.2, 1.0, 2.0)),
+}
+
+
+def method_of(config: str) -> str:
+    """The optimizer a configuration runs (its ``optimizer=`` override)."""
+    return next(value for key, _, value in (o.partition("=") for o in CONFIGS[config]) if key == "optimizer")
+
+
+TUNABLE = [config for config in CONFIGS if method_of(config) in RADIUS_GRIDS]
 
 
 def run_overrides(preset: str, config: str, extra: list[str]) -> list[str]:
@@ -108,8 +155,8 @@ def compose_config(overrides: list[str]) -> DictConfig:
         return compose(config_name="train", overrides=overrides)
 
 
-def run_dir(out: Path, config: str, seed: int) -> Path:
-    return out / config / f"seed={seed}"
+def run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / name / f"seed={seed}"
 
 
 # ---------------------------------------------------------------------------------- train
@@ -134,33 +181,41 @@ def train_command(folder: Path, overrides: list[str]) -> list[str]:
     return [sys.executable, str(ROOT / "train.py"), *overrides, f"hydra.run.dir='{folder}'"]
 
 
-def train(args: argparse.Namespace) -> int:
-    """Every (config, seed), ``--jobs`` at a time; returns the number of failed runs."""
-    out = Path(args.out)
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    jobs = [(config, seed) for config in args.configs for seed in args.seeds]
+@dataclass(frozen=True)
+class Run:
+    """One train.py run of a sweep, in ``run_dir(out, name, seed)``."""
 
-    def launch(config: str, seed: int) -> dict:
-        folder = run_dir(out, config, seed)
-        overrides = train_overrides(args.preset, config, seed, args.set)
-        record = {"config": config, "seed": seed, "returncode": 0, "wall_s": 0.0, "skipped": True}
-        if finished_as_asked(folder, overrides):
+    name: str  # a configuration, or a configuration and a radius (tune)
+    seed: int
+    overrides: list[str]
+
+
+def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
+    """Every run not already finished as asked, ``jobs`` at once, each with cores / jobs torch
+    threads and its output in its train.log; appends ``invocation``, with the wall time of each run
+    and of the whole, to <out>/sweep.json. Returns the number of failed runs."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+    def launch(run: Run) -> dict:
+        folder = run_dir(out, run.name, run.seed)
+        record = {"config": run.name, "seed": run.seed, "returncode": 0, "wall_s": 0.0, "skipped": True}
+        if finished_as_asked(folder, run.overrides):
             return record
         folder.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         with open(folder / "train.log", "a") as log:
-            command = train_command(folder, overrides)
+            command = train_command(folder, run.overrides)
             returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
         return {**record, "returncode": returncode, "wall_s": time.perf_counter() - started, "skipped": False}
 
     started = time.perf_counter()
-    runs = []
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(launch, config, seed) for config, seed in jobs]
+    results = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(launch, run) for run in runs]
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
-            runs.append(result)
+            results.append(result)
             folder = run_dir(out, result["config"], result["seed"])
             if result["returncode"] == 0:
                 summary = json.loads((folder / "summary.json").read_text())
@@ -171,7 +226,7 @@ def train(args: argparse.Namespace) -> int:
             else:
                 status = f"FAILED (exit {result['returncode']}), see {folder / 'train.log'}"
             print(
-                f"[{done}/{len(jobs)}] {result['config']} seed={result['seed']}: "
+                f"[{done}/{len(runs)}] {result['config']} seed={result['seed']}: "
                 f"{result['wall_s']:.1f} s, {status}",
                 flush=True,
             )
@@ -179,21 +234,165 @@ def train(args: argparse.Namespace) -> int:
     record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
     record["invocations"].append(
         {
-            "preset": args.preset,
-            "configs": args.configs,
-            "seeds": args.seeds,
-            "set": args.set,
-            "jobs": args.jobs,
+            **invocation,
+            "jobs": jobs,
             "threads_per_run": threads,
             "wall_s": time.perf_counter() - started,
-            "runs": sorted(runs, key=lambda run: (run["config"], run["seed"])),
+            "runs": sorted(results, key=lambda run: (run["config"], run["seed"])),
         }
     )
+    out.mkdir(parents=True, exist_ok=True)
     record_path.write_text(json.dumps(record, indent=2))
-    failed = sum(run["returncode"] != 0 for run in runs)
-    print(
-        f"{len(jobs) - failed} of {len(jobs)} runs finished; wall time {record['invocations'][-1]['wall_s']:.1f} s"
-    )
+    failed = sum(result["returncode"] != 0 for result in results)
+    wall_s = record["invocations"][-1]["wall_s"]
+    print(f"{len(runs) - failed} of {len(runs)} runs finished; wall time {wall_s:.1f} s")
+    return failed
+
+
+def tuned_overrides(path: Path, preset: str, extra: list[str], configs: list[str]) -> dict[str, list[str]]:
+    """The chosen radius override of each of ``configs`` that tuned.json holds, as a list to
+    append. Refuses a tuned.json made on another preset or with other ``--set`` overrides, and a
+    configuration whose tuning runs are unfinished (no radius chosen)."""
+    tuned = json.loads(path.read_text())
+    if (tuned["preset"], tuned["set"]) != (preset, extra):
+        raise SystemExit(
+            f"error: {path} was tuned on --preset {tuned['preset']} --set {' '.join(tuned['set'])}, not "
+            f"--preset {preset} --set {' '.join(extra)}: tune again with this run's settings"
+        )
+    chosen = {
+        config: tuned["configs"][config]["override"] for config in configs if config in tuned["configs"]
+    }
+    unfinished = [config for config, override in chosen.items() if override is None]
+    if unfinished:
+        raise SystemExit(
+            f"error: {path} chose no radius for {', '.join(unfinished)} (runs of its grid are missing): "
+            "finish them with `frontier.py tune`, or leave these configurations out of --configs"
+        )
+    return {config: [override] for config, override in chosen.items()}
+
+
+def train(args: argparse.Namespace) -> int:
+    """Every (config, seed), each with its tuned radius under ``--tuned``, ``--jobs`` at a time;
+    returns the number of failed runs."""
+    tuned = tuned_overrides(Path(args.tuned), args.preset, args.set, args.configs) if args.tuned else {}
+    runs = [
+        Run(config, seed, train_overrides(args.preset, config, seed, [*args.set, *tuned.get(config, [])]))
+        for config in args.configs
+        for seed in args.seeds
+    ]
+    invocation = {
+        "preset": args.preset,
+        "configs": args.configs,
+        "seeds": args.seeds,
+        "set": args.set,
+        "tuned_from": args.tuned,
+        "tuned": tuned,
+    }
+    return launch_runs(runs, Path(args.out), args.jobs, invocation)
+
+
+# ----------------------------------------------------------------------------------- tune
+
+
+def radius_grid(preset: str, config: str, extra: list[str]) -> tuple[str, list[float]]:
+    """``tune``'s override key for ``config`` and the values it tries: RADIUS_GRIDS' multiples of
+    the value the configuration has untuned (under the preset and ``extra``)."""
+    key, multiples = RADIUS_GRIDS[method_of(config)]
+    untuned = OmegaConf.select(compose_config(run_overrides(preset, config, extra)), key)
+    # Rounded: 0.1 · 2 should read 0.2 in the override, not 0.2 plus a rounding error.
+    return key, [round(untuned * multiple, 12) for multiple in multiples]
+
+
+def radius_override(key: str, value: float) -> str:
+    return f"{key}={value}"
+
+
+def grid_runs(args: argparse.Namespace, config: str, override: str) -> list[Run]:
+    """The runs of one grid point, one per seed, in <out>/<config>/<override>/seed=<seed>: the
+    configuration's runs as ``train`` makes them, the radius override appended."""
+    name = f"{config}/{override}"
+    return [
+        Run(name, seed, train_overrides(args.preset, config, seed, [*args.set, override]))
+        for seed in args.seeds
+    ]
+
+
+def best_val_acc(out: Path, run: Run) -> float | None:
+    """The run's best validation accuracy (summary.json's best_val_acc), if it finished as asked."""
+    folder = run_dir(out, run.name, run.seed)
+    if not finished_as_asked(folder, run.overrides):
+        return None
+    return json.loads((folder / "summary.json").read_text()).get("best_val_acc")
+
+
+def tried_value(out: Path, value: float, runs: list[Run]) -> dict:
+    """A grid value's entry in tuned.json: each seed's best_val_acc and their mean (None while a
+    run lacks one)."""
+    accuracies = {str(run.seed): best_val_acc(out, run) for run in runs}
+    complete = None not in accuracies.values()
+    # Rounded far below the accuracies' 0.01, so that equal means tie whatever the float sums.
+    mean = round(statistics.mean(accuracies.values()), 9) if complete else None
+    return {"value": value, "best_val_acc": accuracies, "mean_best_val_acc": mean}
+
+
+def chosen_value(tried: list[dict]) -> float | None:
+    """The value whose runs have the highest mean validation accuracy, the smaller value on a tie;
+    None while any run of the grid lacks its validation accuracy."""
+    if any(entry["mean_best_val_acc"] is None for entry in tried):
+        return None
+    return min(tried, key=lambda entry: (-entry["mean_best_val_acc"], entry["value"]))["value"]
+
+
+def tuned_config(key: str, tried: list[dict]) -> dict:
+    """A configuration's entry in tuned.json: the grid, every value tried, and the chosen value with
+    its override (None while unfinished)."""
+    chosen = chosen_value(tried)
+    return {
+        "key": key,
+        "grid": [entry["value"] for entry in tried],
+        "tried": tried,
+        "chosen": chosen,
+        "override": None if chosen is None else radius_override(key, chosen),
+    }
+
+
+def tune(args: argparse.Namespace) -> int:
+    """Every (config, radius, seed) of the configurations' grids, run as ``train`` runs them; then
+    per configuration the radius with the best mean validation accuracy, into <out>/tuned.json.
+    Returns the number of failed runs."""
+    out = Path(args.out)
+    grids = {config: radius_grid(args.preset, config, args.set) for config in args.configs}
+    points = {
+        (config, value): grid_runs(args, config, radius_override(key, value))
+        for config, (key, values) in grids.items()
+        for value in values
+    }
+    invocation = {
+        "preset": args.preset,
+        "configs": args.configs,
+        "seeds": args.seeds,
+        "set": args.set,
+        "grids": {config: {"key": key, "values": values} for config, (key, values) in grids.items()},
+    }
+    failed = launch_runs([run for runs in points.values() for run in runs], out, args.jobs, invocation)
+    configs = {
+        config: tuned_config(key, [tried_value(out, value, points[config, value]) for value in values])
+        for config, (key, values) in grids.items()
+    }
+    for config, entry in configs.items():
+        print(f"{config}: {entry['override'] or 'no radius chosen (runs of its grid missing)'}")
+    record = {
+        "preset": args.preset,
+        "seeds": args.seeds,
+        "set": args.set,
+        "selection": (
+            "per configuration, the value with the highest mean over the seeds of summary.json's "
+            "best_val_acc (validation accuracy; test accuracy is never read); a tie goes to the smaller "
+            "value; none while a run of the grid is missing"
+        ),
+        "configs": configs,
+    }
+    (out / "tuned.json").write_text(json.dumps(record, indent=2))
     return failed
 
 
@@ -420,12 +619,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
         command.add_argument("--out", required=True, help="the frontier's folder (runs, step_cost.json)")
 
+    def add_sweep_options(command: argparse.ArgumentParser, seeds: list[int]) -> None:
+        add_runs_options(command)
+        command.add_argument("--seeds", type=int, nargs="+", default=seeds)
+        command.add_argument("--jobs", type=int, default=1, help="runs at once (torch threads: cores / jobs)")
+
     train_parser = commands.add_parser("train", help="train every (config, seed)")
-    add_runs_options(train_parser)
-    train_parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    add_sweep_options(train_parser, seeds=[0, 1, 2, 3, 4])
     train_parser.add_argument(
-        "--jobs", type=int, default=1, help="runs at once (torch threads: cores / jobs)"
+        "--tuned",
+        metavar="PATH",
+        help="a tune command's tuned.json: each config it tuned at its chosen radius",
     )
+    tune_parser = commands.add_parser(
+        "tune", help="choose each config's radius on validation accuracy over a grid (RADIUS_GRIDS)"
+    )
+    # Seeds of its own: the frontier's runs are then not the ones their radius was chosen on.
+    add_sweep_options(tune_parser, seeds=[100, 101])
+    tune_parser.set_defaults(configs=TUNABLE)
     bench_parser = commands.add_parser("bench", help="step cost of every config relative to SGD")
     add_runs_options(bench_parser)
     bench_parser.add_argument("--warmup", type=int, default=2)
@@ -441,6 +652,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    untunable = [config for config in args.configs if config not in TUNABLE] if args.command == "tune" else []
+    if untunable:
+        parser.error(
+            f"no radius to tune for {', '.join(untunable)}: RADIUS_GRIDS has no grid for their optimizer"
+        )
     return args
 
 
@@ -448,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "train":
         return 1 if train(args) else 0
+    if args.command == "tune":
+        return 1 if tune(args) else 0
     if args.command == "bench":
         bench(args)
     elif args.command == "flops":

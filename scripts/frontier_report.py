@@ -1,12 +1,15 @@
-"""The frontier's report, from the runs' summary.json files, step_cost.json and sweep.json (see
-frontier.py, whose ``report`` command calls it).
+"""The frontier's report, from the runs' summary.json files, step_cost.json, flops.json and
+sweep.json (see frontier.py, whose ``report`` command calls it).
 
-Per configuration: n finished runs, the mean and sample std over seeds of the test accuracy at
-the best validation epoch and of the final test accuracy, the step cost × SGD's (step_cost.json)
-and the mean training time × SGD's. The Markdown table adds the share of SAM's gain kept,
-(acc − SGD) / (SAM − SGD), and the difference to SAM in standard errors of the difference,
-(acc − SAM) / sqrt(s²/n + s_SAM²/n_SAM). Missing runs, unfinished ones and summaries without
-test_acc_at_best_val are listed, never dropped.
+Per configuration: n finished runs, the radius ρ they trained with (marked where ``frontier.py
+tune`` chose it), the mean and sample std over seeds of the test accuracy at the best validation
+epoch and of the final test accuracy, the step cost × SGD's (step_cost.json), FLOPs × SGD's
+(flops.json) and the mean training time × SGD's. The Markdown table adds the share of SAM's gain
+kept, (acc − SGD) / (SAM − SGD), and the paired differences to SGD and to SAM: the mean and
+standard error of acc_s − ref_s over the seeds s both have (run s of every configuration starts
+from the same weights and draws its batches in the same order, so what the runs share cancels out
+of the difference). Missing runs, unfinished ones and summaries without test_acc_at_best_val are
+listed, never dropped.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import csv
 import json
 import math
 import statistics
+from collections.abc import Collection
 from pathlib import Path
+from typing import NamedTuple
 
 import matplotlib
 
@@ -24,18 +29,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REFERENCES = ("sgd", "sam")
 COST_LINE = 1.25  # the cost the frontier is judged at, × SGD's step
-CSV_COLUMNS = (
-    "config",
-    "n",
-    "test_acc_at_best_val_mean",
-    "test_acc_at_best_val_std",
-    "final_test_acc_mean",
-    "final_test_acc_std",
-    "step_cost_vs_sgd",
-    "run_time_vs_sgd",
-    "passes_per_step",
-    "flops_vs_sgd",
-)
+# A difference counts as measured at this many standard errors.
+RESOLVING_SES = 3
+# The CSV's columns in order, each with the decimals its numbers are written with (None: as they are).
+CSV_COLUMNS = {
+    "config": None,
+    "benchmark": None,
+    "n": None,
+    "test_acc_at_best_val_mean": 3,
+    "test_acc_at_best_val_std": 3,
+    "final_test_acc_mean": 3,
+    "final_test_acc_std": 3,
+    "step_cost_vs_sgd": 4,
+    "run_time_vs_sgd": 4,
+    "passes_per_step": 4,
+    "flops_vs_sgd": 4,
+    "radius": None,
+    "radius_tuned": None,
+}
+
+
+class PairedDifference(NamedTuple):
+    """acc_s − ref_s over the shared seeds s: its mean and the standard error of the mean."""
+
+    mean: float
+    standard_error: float | None  # None from a single pair
+    pairs: int
 
 
 def mean_and_sample_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -48,14 +67,19 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
+def invocations(sweep: dict | None) -> list[dict]:
+    """sweep.json's record of each ``train`` invocation (none without sweep.json)."""
+    return (sweep or {}).get("invocations", [])
+
+
+def collect_runs(out: Path, sweep: dict | None) -> tuple[dict[str, list[dict]], list[str]]:
     """Finished runs' summaries by config, and a line for each run missing or unfinished: run
     directories without summary.json, (config, seed) pairs sweep.json asked for that have no
     directory, and summaries without test_acc_at_best_val."""
     summaries: dict[str, list[dict]] = {}
     missing = []
     expected = set()
-    for invocation in (read_json(out / "sweep.json") or {"invocations": []})["invocations"]:
+    for invocation in invocations(sweep):
         expected |= {(config, seed) for config in invocation["configs"] for seed in invocation["seeds"]}
     found = set()
     for folder in sorted(out.glob("*/seed=*")):
@@ -77,10 +101,39 @@ def collect_runs(out: Path) -> tuple[dict[str, list[dict]], list[str]]:
     return summaries, missing
 
 
+def benchmark_name(sweep: dict | None, step_cost: dict | None) -> str | None:
+    """The preset the runs were made with, as sweep.json and step_cost.json name it (None if neither
+    does); one folder holds one benchmark."""
+    presets = {invocation["preset"] for invocation in invocations(sweep) if "preset" in invocation}
+    presets |= {step_cost["preset"]} if step_cost and "preset" in step_cost else set()
+    if len(presets) > 1:
+        raise SystemExit(
+            f"error: the runs' records name several presets ({', '.join(sorted(presets))}): give each "
+            "benchmark a folder of its own (--out)"
+        )
+    return next(iter(presets), None)
+
+
+def tuned_configs(sweep: dict | None) -> set[str]:
+    """The configurations that ``frontier.py train --tuned`` ran at a radius chosen by ``tune``."""
+    return {config for invocation in invocations(sweep) for config in invocation.get("tuned", {})}
+
+
+def radii(runs: list[dict]) -> list[float]:
+    """The radii ρ the runs trained with, from their summaries (none for a method without one, as SGD)."""
+    return sorted({s["rho"] for s in runs if s.get("rho") is not None})
+
+
 def frontier_rows(
-    summaries: dict[str, list[dict]], step_cost: dict | None, flops: dict | None = None
+    summaries: dict[str, list[dict]],
+    step_cost: dict | None,
+    flops: dict | None = None,
+    *,
+    benchmark: str | None = None,
+    tuned: Collection[str] = (),
 ) -> list[dict]:
-    """One row per config with finished runs, sorted by step cost (unmeasured ones last)."""
+    """One row per config with finished runs, sorted by step cost (unmeasured ones last). Each row
+    keeps its runs' accuracies by seed, for the paired differences."""
     costs = (step_cost or {}).get("configs", {})
     counted = (flops or {}).get("configs", {})
     sgd_time = None
@@ -88,15 +141,16 @@ def frontier_rows(
         sgd_time = statistics.mean(s["train_time_s"] for s in summaries["sgd"])
     rows = []
     for config, runs in summaries.items():
-        best_val = [s["test_acc_at_best_val"] for s in runs if "test_acc_at_best_val" in s]
-        best_val_mean, best_val_std = mean_and_sample_std(best_val)
+        accuracy_by_seed = {s["seed"]: s["test_acc_at_best_val"] for s in runs if "test_acc_at_best_val" in s}
+        best_val_mean, best_val_std = mean_and_sample_std(list(accuracy_by_seed.values()))
         final_mean, final_std = mean_and_sample_std([s["final_test_acc"] for s in runs])
         run_time = statistics.mean(s["train_time_s"] for s in runs)
         rows.append(
             {
                 "config": config,
+                "benchmark": benchmark,
                 "n": len(runs),
-                "n_best_val": len(best_val),
+                "accuracy_by_seed": accuracy_by_seed,
                 "test_acc_at_best_val_mean": best_val_mean,
                 "test_acc_at_best_val_std": best_val_std,
                 "final_test_acc_mean": final_mean,
@@ -105,6 +159,8 @@ def frontier_rows(
                 "run_time_vs_sgd": run_time / sgd_time if sgd_time else None,
                 "passes_per_step": counted.get(config, {}).get("passes_per_step"),
                 "flops_vs_sgd": counted.get(config, {}).get("flops_vs_sgd"),
+                "radius": "/".join(f"{radius:g}" for radius in radii(runs)),
+                "radius_tuned": config in tuned,
             }
         )
     return sorted(
@@ -123,21 +179,28 @@ def sam_gain_kept(row: dict, sgd: dict | None, sam: dict | None) -> float | None
     return (acc - low) / (high - low) + 0.0  # + 0.0: SGD's own row reads 0.00, not -0.00
 
 
-def standard_errors_from_sam(row: dict, sam: dict | None) -> float | None:
-    """(acc − SAM) / sqrt(s²/n + s_SAM²/n_SAM): the difference to SAM in standard errors."""
-    if sam is None or row["test_acc_at_best_val_std"] is None or sam["test_acc_at_best_val_std"] is None:
+def paired_difference(row: dict, reference: dict | None) -> PairedDifference | None:
+    """d_s = acc_s − ref_s in test accuracy at the best validation epoch, over the seeds s both rows
+    have: mean(d) and its standard error s_d / √n (None without a shared seed). Pairing by seed
+    takes out of the error what runs of one seed share, which the unpaired √(s₁²/n₁ + s₂²/n₂)
+    keeps in."""
+    if reference is None:
         return None
-    error = math.sqrt(
-        row["test_acc_at_best_val_std"] ** 2 / row["n_best_val"]
-        + sam["test_acc_at_best_val_std"] ** 2 / sam["n_best_val"]
-    )
-    if error == 0:
+    ours, theirs = row["accuracy_by_seed"], reference["accuracy_by_seed"]
+    differences = [ours[seed] - theirs[seed] for seed in sorted(ours.keys() & theirs.keys())]
+    if not differences:
         return None
-    return (row["test_acc_at_best_val_mean"] - sam["test_acc_at_best_val_mean"]) / error
+    mean, std = mean_and_sample_std(differences)
+    standard_error = None if std is None else std / math.sqrt(len(differences))
+    return PairedDifference(mean, standard_error, len(differences))
 
 
-def _number(value: float | None, digits: int) -> str:
-    return "" if value is None else f"{value:.{digits}f}"
+def _csv_cell(value: float | str | bool | None, digits: int | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value) if digits is None else f"{value:.{digits}f}"
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -146,11 +209,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
         for row in rows:
-            writer.writerow(
-                [row["config"], row["n"]]
-                + [_number(row[column], 3) for column in CSV_COLUMNS[2:6]]
-                + [_number(row[column], 4) for column in CSV_COLUMNS[6:]]
-            )
+            writer.writerow([_csv_cell(row[column], digits) for column, digits in CSV_COLUMNS.items()])
 
 
 def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
@@ -189,11 +248,74 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None, sweep: dict | None) -> str:
+def label_noise_line(summaries: dict[str, list[dict]]) -> str:
+    """Whether the runs' noisy labels are the same in every run or follow the seed (summary.json's
+    label_noise_seed): what the paired differences hold fixed."""
+    noisy = [s for runs in summaries.values() for s in runs if s.get("label_noise")]
+    if not noisy:
+        return "Label noise: none."
+    noise_seeds = sorted({s["label_noise_seed"] for s in noisy})
+    if len(noise_seeds) == 1:
+        return (
+            f"Label noise: dataset.label_noise_seed = {noise_seeds[0]} in every run, fixed rather than "
+            "following the seed: every run trains on the same noisy labels."
+        )
+    if all(s["label_noise_seed"] == s["seed"] for s in noisy):
+        return (
+            "Label noise: dataset.label_noise_seed follows the seed: run s of every configuration has "
+            "the same noisy labels."
+        )
+    return (
+        f"Label noise: dataset.label_noise_seed varies ({', '.join(map(str, noise_seeds))}) and does not "
+        "follow the seed: the paired differences also carry the label noise's variation."
+    )
+
+
+def radius_line(rows: list[dict]) -> str:
+    tuned = [row["config"] for row in rows if row["radius_tuned"]]
+    if not tuned:
+        return (
+            "Radius: none tuned; every configuration at its untuned ρ (the preset's unless the "
+            "configuration sets one)."
+        )
+    return (
+        f"Radius: chosen on validation data by `frontier.py tune` (tuned.json) for {', '.join(tuned)}; "
+        "the others at their untuned ρ."
+    )
+
+
+def resolution_line(sgd: dict | None, sam: dict | None) -> str:
+    """The smallest difference this benchmark resolves: RESOLVING_SES × the standard error of the
+    paired SAM − SGD difference, the one every configuration is read against."""
+    difference = None if sam is None else paired_difference(sam, sgd)
+    if difference is None or difference.standard_error is None:
+        return (
+            f"Smallest difference resolvable at {RESOLVING_SES} SE: unknown (needs SGD and SAM runs "
+            "on 2 shared seeds)."
+        )
+    return (
+        f"Smallest difference resolvable at {RESOLVING_SES} SE: "
+        f"{RESOLVING_SES * difference.standard_error:.2f} points ({RESOLVING_SES} × the standard error "
+        "of the paired SAM − SGD difference, "
+        f"{difference.mean:+.2f} ± {difference.standard_error:.2f} over {difference.pairs} seeds)."
+    )
+
+
+def header_lines(
+    rows: list[dict], summaries: dict[str, list[dict]], step_cost: dict | None, sweep: dict | None
+) -> list[str]:
     by_name = {row["config"]: row for row in rows}
-    sgd, sam = by_name.get("sgd"), by_name.get("sam")
     seeds = sorted({row["n"] for row in rows})
-    lines = [f"Runs per config: {', '.join(map(str, seeds))}; mean ± sample std over seeds."]
+    lines = [
+        f"Benchmark: {rows[0]['benchmark'] or 'unnamed'}. Runs per config: {', '.join(map(str, seeds))}; "
+        "mean ± sample std over seeds.",
+        "Paired differences (Δ): mean ± standard error of acc_s − ref_s over the seeds s both have; "
+        "run s of every configuration starts from the same weights and draws its batches in the same order "
+        "(both from seed s).",
+        label_noise_line(summaries),
+        radius_line(rows),
+        resolution_line(by_name.get("sgd"), by_name.get("sam")),
+    ]
     if step_cost is not None:
         lines.append(
             f"Step cost: median of {step_cost['repeats']} interleaved steps on {step_cost['device']}, "
@@ -203,11 +325,39 @@ def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None,
     if sweep is not None:
         wall = sum(invocation["wall_s"] for invocation in sweep["invocations"])
         lines.append(f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s).")
-    lines += [
+    return lines
+
+
+def paired_cell(row: dict, reference: dict | None) -> str:
+    """``+mean ± SE`` of the paired difference, with the number of pairs where fewer than the row's runs."""
+    if reference is None or row["config"] == reference["config"]:
+        return "—"
+    difference = paired_difference(row, reference)
+    if difference is None:
+        return "—"
+    cell = f"{difference.mean:+.2f}"
+    if difference.standard_error is not None:
+        cell += f" ± {difference.standard_error:.2f}"
+    if difference.pairs < len(row["accuracy_by_seed"]):
+        cell += f" ({difference.pairs} pairs)"
+    return cell
+
+
+def markdown_table(
+    rows: list[dict],
+    summaries: dict[str, list[dict]],
+    missing: list[str],
+    step_cost: dict | None,
+    sweep: dict | None,
+) -> str:
+    by_name = {row["config"]: row for row in rows}
+    sgd, sam = by_name.get("sgd"), by_name.get("sam")
+    lines = [
+        *header_lines(rows, summaries, step_cost, sweep),
         "",
-        "| config | n | test acc at best val | final test acc | step cost × SGD | FLOPs × SGD "
-        "| run time × SGD | SAM's gain kept | Δ to SAM (SE) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| config | benchmark | n | ρ | test acc at best val | final test acc | step cost × SGD "
+        "| FLOPs × SGD | run time × SGD | SAM's gain kept | Δ to SGD (paired) | Δ to SAM (paired) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def cell(mean: float | None, std: float | None) -> str:
@@ -215,19 +365,19 @@ def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None,
             return "missing"
         return f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}")
 
+    def ratio(value: float | None) -> str:
+        return "missing" if value is None else f"{value:.3f}"
+
     for row in rows:
         gain = sam_gain_kept(row, sgd, sam)
-        errors = None if row["config"] == "sam" else standard_errors_from_sam(row, sam)
-        cost, flops = row["step_cost_vs_sgd"], row["flops_vs_sgd"]
-        run_time = row["run_time_vs_sgd"]
+        radius = (row["radius"] or "—") + (" (tuned)" if row["radius_tuned"] else "")
         lines.append(
-            f"| {row['config']} | {row['n']} "
+            f"| {row['config']} | {row['benchmark'] or ''} | {row['n']} | {radius} "
             f"| {cell(row['test_acc_at_best_val_mean'], row['test_acc_at_best_val_std'])} "
             f"| {cell(row['final_test_acc_mean'], row['final_test_acc_std'])} "
-            f"| {'missing' if cost is None else f'{cost:.3f}'} "
-            f"| {'missing' if flops is None else f'{flops:.3f}'} "
-            f"| {'missing' if run_time is None else f'{run_time:.3f}'} "
-            f"| {'—' if gain is None else f'{gain:.2f}'} | {'—' if errors is None else f'{errors:+.2f}'} |"
+            f"| {ratio(row['step_cost_vs_sgd'])} | {ratio(row['flops_vs_sgd'])} "
+            f"| {ratio(row['run_time_vs_sgd'])} | {'—' if gain is None else f'{gain:.2f}'} "
+            f"| {paired_cell(row, sgd)} | {paired_cell(row, sam)} |"
         )
     lines += ["", "Missing or unfinished runs:" if missing else "Missing or unfinished runs: none."]
     lines += [f"- {line}" for line in missing]
@@ -237,7 +387,8 @@ def markdown_table(rows: list[dict], missing: list[str], step_cost: dict | None,
 def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, configs: list[str]) -> None:
     """The CSV, the figure and the Markdown table (a file, or stdout for None or "-") of the runs
     under ``out``; ``configs`` are the frontier's, those with no runs listed as not run."""
-    summaries, missing = collect_runs(out)
+    sweep = read_json(out / "sweep.json")
+    summaries, missing = collect_runs(out, sweep)
     if not summaries:
         raise SystemExit(
             f"error: no finished runs under {out} (no <config>/seed=<seed>/summary.json); "
@@ -256,11 +407,19 @@ def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, config
     if flops is None:
         missing.append(f"flops.json: not in {out} (run `python scripts/frontier.py flops`)")
     missing += [f"{name}: not run" for name in configs if name not in summaries and not (out / name).exists()]
-    rows = frontier_rows(summaries, step_cost, flops)
+    missing += [
+        f"{name}: runs at different radii ({', '.join(f'{radius:g}' for radius in radii(runs))})"
+        for name, runs in summaries.items()
+        if len(radii(runs)) > 1
+    ]
+    benchmark = benchmark_name(sweep, step_cost)
+    if benchmark is None:
+        missing.append("benchmark: no preset named in sweep.json or step_cost.json")
+    rows = frontier_rows(summaries, step_cost, flops, benchmark=benchmark, tuned=tuned_configs(sweep))
     dataset = next(iter(summaries.values()))[0].get("dataset", "")
     write_csv(rows, csv_path)
-    plot_frontier(rows, figure, title=f"{out.name} ({dataset}): accuracy against step cost")
-    table = markdown_table(rows, missing, step_cost, read_json(out / "sweep.json"))
+    plot_frontier(rows, figure, title=f"{benchmark or out.name} ({dataset}): accuracy against step cost")
+    table = markdown_table(rows, summaries, missing, step_cost, sweep)
     if markdown in (None, "-"):
         print(table, end="")
     else:

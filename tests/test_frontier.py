@@ -1,10 +1,11 @@
 """scripts/frontier.py and frontier_report.py: the report's arithmetic on summary.json files
-the test writes, the configuration table against the real configs, and the step-cost benchmark
-end to end."""
+the test writes, the radius tuning's choice on such files (no training), the configuration table
+against the real configs, the pairing of runs by seed, and the step-cost benchmark end to end."""
 
 import csv
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ssam.data import labels_of
+from ssam.train.distributed import SINGLE_PROCESS
+from ssam.train.methods import METHODS
+from ssam.train.parts import build_parts
 from ssam.train.steps import SharpnessAwareOptions
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,6 +25,10 @@ import frontier  # noqa: E402
 import frontier_report  # noqa: E402
 
 PRESET = "fmnist_noisy"
+# The configurations whose optimizer this checkout declares (methods being added may be missing).
+REGISTERED = [config for config in frontier.CONFIGS if frontier.method_of(config) in METHODS]
+TINY = ["dataset.train_size=128", "dataset.val_size=32", "dataset.test_size=32", "batch_size=32", "epochs=2"]
+TINY.append("model.widths=[4,4,4]")
 
 
 def write_run(out: Path, config: str, seed: int, summary: dict | None) -> None:
@@ -29,12 +38,18 @@ def write_run(out: Path, config: str, seed: int, summary: dict | None) -> None:
         (folder / "summary.json").write_text(json.dumps(summary))
 
 
-def summary(best_val: float | None, final: float, train_time_s: float) -> dict:
+def summary(
+    best_val: float | None, final: float, train_time_s: float, seed: int = 0, rho: float | None = 0.1
+) -> dict:
     record = {
         "final_test_acc": final,
         "train_time_s": train_time_s,
         "step_time_s": 0.1,
         "dataset": "fashion_mnist",
+        "seed": seed,
+        "rho": rho,
+        "label_noise": 0.4,
+        "label_noise_seed": 0,
     }
     if best_val is not None:
         record["test_acc_at_best_val"] = best_val
@@ -43,19 +58,21 @@ def summary(best_val: float | None, final: float, train_time_s: float) -> dict:
 
 @pytest.fixture
 def frontier_out(tmp_path):
-    """SGD 80/82/84, SAM 88/90/92, SSAM-F s=0.5 86/88 (seed 2 unfinished), a tensor run without
-    validation; step costs 1, 2, 1.2, 1.5; FLOPs 1, 2, 1.5 (none for the tensor run); sweep.json
-    also asked for ssam_d_s0.5 seed 0."""
+    """Test accuracy at the best validation epoch, by seed 0, 1, 2: SGD 80/82/84, SAM at a tuned
+    ρ = 0.2 89/90/91, SSAM-F s=0.5 86/90 (seed 2 unfinished); a tensor run without validation;
+    step costs 1, 2, 1.2, 1.5; FLOPs 1, 2, 1.5 (none for the tensor run); sweep.json also asked
+    for ssam_d_s0.5 seed 0."""
     out = tmp_path / "frontier"
-    for seed, (sgd, sam) in enumerate([(80.0, 88.0), (82.0, 90.0), (84.0, 92.0)]):
-        write_run(out, "sgd", seed, summary(sgd, sgd - 1, 10.0))
-        write_run(out, "sam", seed, summary(sam, sam - 1, 20.0 + seed))
-    write_run(out, "ssam_f_s0.5", 0, summary(86.0, 85.0, 15.0))
-    write_run(out, "ssam_f_s0.5", 1, summary(88.0, 87.0, 17.0))
+    for seed, (sgd, sam) in enumerate([(80.0, 89.0), (82.0, 90.0), (84.0, 91.0)]):
+        write_run(out, "sgd", seed, summary(sgd, sgd - 1, 10.0, seed, rho=None))
+        write_run(out, "sam", seed, summary(sam, sam - 1, 20.0 + seed, seed, rho=0.2))
+    write_run(out, "ssam_f_s0.5", 0, summary(86.0, 85.0, 15.0, 0))
+    write_run(out, "ssam_f_s0.5", 1, summary(90.0, 89.0, 17.0, 1))
     write_run(out, "ssam_f_s0.5", 2, None)
     write_run(out, "ssam_f_tensor_s0.5", 0, summary(None, 83.0, 12.0))
     costs = {"sgd": 1.0, "sam": 2.0, "ssam_f_s0.5": 1.2, "ssam_f_tensor_s0.5": 1.5}
     step_cost = {
+        "preset": PRESET,
         "device": "test CPU",
         "torch": "x",
         "threads": 1,
@@ -68,11 +85,8 @@ def frontier_out(tmp_path):
     counted = {"sgd": (1.0, 1.0), "sam": (2.0, 2.0), "ssam_f_s0.5": (1.5, 2.0)}
     flops = {"configs": {name: {"flops_vs_sgd": f, "passes_per_step": p} for name, (f, p) in counted.items()}}
     (out / "flops.json").write_text(json.dumps(flops))
-    sweep = {
-        "invocations": [
-            {"configs": ["sgd", "sam", "ssam_f_s0.5", "ssam_d_s0.5"], "seeds": [0], "wall_s": 60.0}
-        ]
-    }
+    asked = {"preset": PRESET, "configs": ["sgd", "sam", "ssam_f_s0.5", "ssam_d_s0.5"], "seeds": [0]}
+    sweep = {"invocations": [{**asked, "tuned": {"sam": ["rho=0.2"]}, "wall_s": 60.0}]}
     (out / "sweep.json").write_text(json.dumps(sweep))
     return out
 
@@ -98,7 +112,7 @@ def test_report_means_sample_stds_and_ratios_to_sgd(frontier_out, tmp_path):
     assert float(rows["sgd"]["test_acc_at_best_val_mean"]) == 82.0
     assert float(rows["sgd"]["test_acc_at_best_val_std"]) == 2.0  # sample std of 80, 82, 84
     assert float(rows["sam"]["final_test_acc_mean"]) == 89.0
-    assert float(rows["ssam_f_s0.5"]["test_acc_at_best_val_std"]) == pytest.approx(math.sqrt(2), abs=1e-3)
+    assert float(rows["ssam_f_s0.5"]["test_acc_at_best_val_std"]) == pytest.approx(2 * math.sqrt(2), abs=1e-3)
     assert float(rows["ssam_f_s0.5"]["step_cost_vs_sgd"]) == 1.2
     assert float(rows["sam"]["run_time_vs_sgd"]) == 2.1  # mean(20, 21, 22) / 10
     assert float(rows["ssam_f_s0.5"]["run_time_vs_sgd"]) == 1.6
@@ -109,19 +123,54 @@ def test_report_means_sample_stds_and_ratios_to_sgd(frontier_out, tmp_path):
     assert rows["ssam_f_tensor_s0.5"]["final_test_acc_std"] == ""  # one run: no sample std
 
 
-def test_report_markdown_has_sams_gain_kept_and_the_difference_in_standard_errors(frontier_out, tmp_path):
+def test_report_csv_names_the_benchmark_and_the_radius_each_configuration_ran_at(frontier_out, tmp_path):
+    rows = {row["config"]: row for row in run_report(frontier_out, tmp_path)[0]}
+    assert {row["benchmark"] for row in rows.values()} == {PRESET}
+    assert (rows["sam"]["radius"], rows["sam"]["radius_tuned"]) == ("0.2", "true")
+    assert (rows["ssam_f_s0.5"]["radius"], rows["ssam_f_s0.5"]["radius_tuned"]) == ("0.1", "false")
+    assert (rows["sgd"]["radius"], rows["sgd"]["radius_tuned"]) == ("", "false")  # SGD has none
+
+
+def test_report_markdown_has_sams_gain_kept_and_the_paired_differences(frontier_out, tmp_path):
     markdown = run_report(frontier_out, tmp_path)[1]
-    # (87 − 82) / (90 − 82) = 0.625; (87 − 90) / sqrt(2/2 + 4/3) = −1.96
-    assert (
-        "| ssam_f_s0.5 | 2 | 87.00 ± 1.41 | 86.00 ± 1.41 | 1.200 | 1.500 | 1.600 | 0.62 | -1.96 |" in markdown
-    )
-    assert "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 | 0.00 | -4.90 |" in markdown
-    assert "| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.000 | 2.100 | 1.00 | — |" in markdown
-    assert "| ssam_f_tensor_s0.5 | 1 | missing | 83.00 | 1.500 | missing | 1.200 | — | — |" in markdown
+    # Gain kept (88 − 82) / (90 − 82) = 0.75; per seed, SSAM − SGD = 6, 8 and SSAM − SAM = −3, 0:
+    # mean ± s/√2 = 7 ± 1 and −1.5 ± 1.5. SAM − SGD = 9, 8, 7: 8 ± 1/√3.
+    ssam = "| ssam_f_s0.5 | fmnist_noisy | 2 | 0.1 | 88.00 ± 2.83 | 87.00 ± 2.83 | 1.200 | 1.500 "
+    ssam += "| 1.600 | 0.75 | +7.00 ± 1.00 | -1.50 ± 1.50 |"
+    sgd = "| sgd | fmnist_noisy | 3 | — | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 "
+    sgd += "| 0.00 | — | -8.00 ± 0.58 |"
+    sam = "| sam | fmnist_noisy | 3 | 0.2 (tuned) | 90.00 ± 1.00 | 89.00 ± 1.00 | 2.000 | 2.000 "
+    sam += "| 2.100 | 1.00 | +8.00 ± 0.58 | — |"
+    tensor = "| ssam_f_tensor_s0.5 | fmnist_noisy | 1 | 0.1 | missing | 83.00 | 1.500 | missing "
+    tensor += "| 1.200 | — | — | — |"
     lines = markdown.splitlines()
-    assert lines.index(
-        "| sgd | 3 | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 | 0.00 | -4.90 |"
-    ) < lines.index("| sam | 3 | 90.00 ± 2.00 | 89.00 ± 2.00 | 2.000 | 2.000 | 2.100 | 1.00 | — |")
+    assert {ssam, sgd, sam, tensor} <= set(lines)
+    assert lines.index(sgd) < lines.index(sam)  # sorted by step cost
+
+
+def test_report_header_gives_the_resolvable_difference_the_label_noise_and_the_tuned_configs(
+    frontier_out, tmp_path
+):
+    header = run_report(frontier_out, tmp_path)[1].split("| config |")[0]
+    # 3 × 1/√3 = 1.73, from SAM − SGD = 8 ± 0.58 over the 3 shared seeds.
+    assert "Smallest difference resolvable at 3 SE: 1.73 points" in header
+    assert "+8.00 ± 0.58 over 3 seeds" in header
+    assert "dataset.label_noise_seed = 0 in every run, fixed rather than following the seed" in header
+    assert "by `frontier.py tune` (tuned.json) for sam;" in header
+
+
+def test_paired_difference_is_taken_over_the_seeds_both_configurations_have():
+    row = {"accuracy_by_seed": {0: 70.0, 1: 72.0, 2: 71.0, 3: 75.0}}
+    reference = {"accuracy_by_seed": {0: 68.0, 1: 69.0, 2: 70.0, 4: 60.0}}
+    difference = frontier_report.paired_difference(row, reference)
+    # Seeds 0, 1, 2: differences 2, 3, 1, mean 2, sample std 1.
+    assert difference == (2.0, pytest.approx(1 / math.sqrt(3)), 3)
+
+
+def test_report_lists_a_configuration_whose_runs_differ_in_radius(frontier_out, tmp_path):
+    write_run(frontier_out, "sam", 3, summary(90.0, 89.0, 20.0, 3, rho=0.1))
+    missing = run_report(frontier_out, tmp_path)[1].split("Missing or unfinished runs:")[1]
+    assert "- sam: runs at different radii (0.1, 0.2)" in missing
 
 
 def test_report_lists_unfinished_never_started_and_unvalidated_runs(frontier_out, tmp_path):
@@ -147,8 +196,183 @@ def test_report_on_a_folder_without_runs_exits_non_zero(tmp_path, capsys):
     assert "no finished runs" in str(stopped.value.code)
 
 
+@pytest.fixture
+def no_training(monkeypatch):
+    """Stands in for train.py: records each command a sweep would run and fails it, so that no
+    test trains."""
+    commands = []
+
+    def fake_run(command, **_):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, returncode=1)
+
+    monkeypatch.setattr(frontier.subprocess, "run", fake_run)
+    return commands
+
+
+# A tune sweep's runs, finished: (config, ρ) -> (best_val_acc, test_acc_at_best_val) for seeds 100
+# and 101. Validation and test accuracy disagree: SAM is best on validation data at ρ = 0.1 (mean
+# 44), on test data at 0.2; SSAM-F s=0.5 ties on validation data at 0.05 and 0.1 (mean 42).
+GRID_RUNS = {
+    ("sam", 0.05): ((40.0, 70.0), (42.0, 70.0)),
+    ("sam", 0.1): ((44.0, 60.0), (44.0, 60.0)),
+    ("sam", 0.2): ((43.0, 75.0), (43.0, 75.0)),
+    ("ssam_f_s0.5", 0.05): ((41.8, 60.0), (42.2, 60.0)),
+    ("ssam_f_s0.5", 0.1): ((42.0, 70.0), (42.0, 70.0)),
+    ("ssam_f_s0.5", 0.2): ((41.0, 75.0), (41.0, 75.0)),
+}
+TUNE = ["tune", "--preset", PRESET, "--configs", "sam", "ssam_f_s0.5", "--seeds", "100", "101"]
+
+
+@pytest.fixture
+def tune_out(tmp_path):
+    """GRID_RUNS as finished runs: each summary.json beside the overrides ``tune`` asks for."""
+    out = tmp_path / "tune"
+    for (config, rho), runs in GRID_RUNS.items():
+        for seed, (best_val, test) in zip((100, 101), runs):
+            folder = out / config / f"rho={rho}" / f"seed={seed}"
+            (folder / ".hydra").mkdir(parents=True)
+            record = {"final_test_acc": test, "best_val_acc": best_val, "test_acc_at_best_val": test}
+            (folder / "summary.json").write_text(json.dumps(record))
+            overrides = frontier.train_overrides(PRESET, config, seed, [f"rho={rho}"])
+            OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    return out
+
+
+def run_tune(out: Path) -> tuple[int, dict]:
+    code = frontier.main([*TUNE, "--out", str(out)])
+    return code, json.loads((out / "tuned.json").read_text())
+
+
+def test_tune_chooses_the_radius_with_the_best_validation_accuracy_not_test_accuracy(tune_out, no_training):
+    code, tuned = run_tune(tune_out)
+    assert (code, no_training) == (0, [])  # every run finished as asked: nothing trained
+    assert (tuned["configs"]["sam"]["chosen"], tuned["configs"]["sam"]["override"]) == (0.1, "rho=0.1")
+
+
+def test_tune_breaks_a_tie_in_validation_accuracy_towards_the_smaller_radius(tune_out, no_training):
+    assert run_tune(tune_out)[1]["configs"]["ssam_f_s0.5"]["chosen"] == 0.05
+
+
+def test_tuned_json_holds_the_grid_and_each_seeds_validation_accuracy_at_every_value(tune_out, no_training):
+    sam = run_tune(tune_out)[1]["configs"]["sam"]
+    assert (sam["key"], sam["grid"]) == ("rho", [0.05, 0.1, 0.2])
+    assert sam["tried"] == [
+        {"value": 0.05, "best_val_acc": {"100": 40.0, "101": 42.0}, "mean_best_val_acc": 41.0},
+        {"value": 0.1, "best_val_acc": {"100": 44.0, "101": 44.0}, "mean_best_val_acc": 44.0},
+        {"value": 0.2, "best_val_acc": {"100": 43.0, "101": 43.0}, "mean_best_val_acc": 43.0},
+    ]
+
+
+def test_tune_runs_a_missing_grid_run_and_chooses_nothing_while_it_is_missing(tune_out, no_training):
+    (tune_out / "sam" / "rho=0.2" / "seed=101" / "summary.json").unlink()
+    code, tuned = run_tune(tune_out)
+    assert code == 1  # the stand-in train.py failed it
+    assert [command[-1] for command in no_training] == [f"hydra.run.dir='{tune_out}/sam/rho=0.2/seed=101'"]
+    assert tuned["configs"]["sam"]["tried"][2]["best_val_acc"] == {"100": 43.0, "101": None}
+    assert (tuned["configs"]["sam"]["chosen"], tuned["configs"]["sam"]["override"]) == (None, None)
+    assert tuned["configs"]["ssam_f_s0.5"]["chosen"] == 0.05
+
+
+def test_tune_refuses_a_configuration_without_a_radius(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        frontier.main(["tune", "--configs", "sgd", "--out", str(tmp_path)])
+    assert stopped.value.code == 2
+    assert "no radius to tune for sgd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", frontier.TUNABLE)
+def test_every_radius_grid_spans_the_configurations_untuned_radius(config):
+    if config not in REGISTERED:
+        pytest.skip(f"optimizer={frontier.method_of(config)} is not declared in this checkout")
+    key, values = frontier.radius_grid(PRESET, config, [])
+    untuned = OmegaConf.select(frontier.compose_config(frontier.run_overrides(PRESET, config, [])), key)
+    assert len(values) >= 3 and values == sorted(values)
+    assert values[0] < untuned < values[-1]
+
+
+def test_radius_grids_on_fmnist_noisy_are_the_stated_values():
+    assert frontier.radius_grid(PRESET, "sam", []) == ("rho", [0.05, 0.1, 0.2])
+    if "sam_on" in REGISTERED:
+        assert frontier.radius_grid(PRESET, "sam_on", []) == ("rho", [0.1, 0.5, 1.0])
+
+
+def write_tuned(path: Path, overrides: dict[str, str | None], preset: str = PRESET) -> Path:
+    """A tuned.json as ``tune`` writes it, reduced to what ``train --tuned`` reads."""
+    configs = {config: {"override": override} for config, override in overrides.items()}
+    path.write_text(json.dumps({"preset": preset, "set": [], "configs": configs}))
+    return path
+
+
+def test_train_with_tuned_appends_each_chosen_radius_override(tmp_path, no_training):
+    tuned = write_tuned(tmp_path / "tuned.json", {"sam": "rho=0.2", "ssam_f_s0.5": "rho=0.05"})
+    out = tmp_path / "frontier"
+    arguments = [
+        "train",
+        "--preset",
+        PRESET,
+        "--configs",
+        "sgd",
+        "sam",
+        "--seeds",
+        "0",
+        "--tuned",
+        str(tuned),
+    ]
+    frontier.main([*arguments, "--out", str(out)])
+    commands = {command[-1]: command[2:-1] for command in no_training}
+    assert commands[f"hydra.run.dir='{out}/sam/seed=0'"] == [
+        f"experiment={PRESET}",
+        "optimizer=sam",
+        "rho=0.2",
+        "seed=0",
+        "trainer.progress_bar=false",
+    ]
+    assert commands[f"hydra.run.dir='{out}/sgd/seed=0'"] == [
+        f"experiment={PRESET}",
+        "optimizer=sgd",
+        "seed=0",
+        "trainer.progress_bar=false",
+    ]
+    invocation = json.loads((out / "sweep.json").read_text())["invocations"][0]
+    assert invocation["tuned"] == {"sam": ["rho=0.2"]}  # ssam_f_s0.5 was not asked for
+
+
+def test_train_refuses_a_tuned_json_without_a_radius_for_a_configuration(tmp_path, no_training):
+    tuned = write_tuned(tmp_path / "tuned.json", {"sam": None})
+    with pytest.raises(SystemExit, match="chose no radius for sam"):
+        frontier.main(["train", "--configs", "sam", "--tuned", str(tuned), "--out", str(tmp_path / "out")])
+    assert no_training == []
+
+
+def test_train_refuses_a_tuned_json_made_on_another_preset(tmp_path, no_training):
+    tuned = write_tuned(tmp_path / "tuned.json", {"sam": "rho=0.2"}, preset="fmnist_cpu")
+    with pytest.raises(SystemExit, match="tuned on --preset fmnist_cpu"):
+        frontier.main(["train", "--configs", "sam", "--tuned", str(tuned), "--out", str(tmp_path / "out")])
+    assert no_training == []
+
+
+def test_the_same_seed_gives_every_method_the_same_weights_batches_and_noisy_labels():
+    """What makes the report's differences paired: run s of every configuration starts alike."""
+
+    def start(config: str, seed: int) -> tuple:
+        cfg = frontier.compose_config(frontier.train_overrides(PRESET, config, seed, TINY))
+        parts = build_parts(cfg, SINGLE_PROCESS)
+        inputs, targets = next(iter(parts.train_loader))
+        return parts.model.state_dict(), inputs, targets, labels_of(parts.train_set.dataset)
+
+    sgd, sam, sparse = (start(config, seed=3) for config in ("sgd", "sam", "ssam_f_s0.5"))
+    for other in (sam, sparse):
+        assert all(torch.equal(sgd[0][key], other[0][key]) for key in sgd[0])
+        assert all(torch.equal(mine, theirs) for mine, theirs in zip(sgd[1:], other[1:]))
+    weights = start("sgd", seed=4)[0]
+    assert not all(torch.equal(sgd[0][key], weights[key]) for key in weights)  # the seed does matter
+
+
 @pytest.mark.parametrize("config", list(frontier.CONFIGS))
 def test_every_configuration_composes_with_the_real_configs(config):
+    if config not in REGISTERED:
+        pytest.skip(f"optimizer={frontier.method_of(config)} is not declared in this checkout")
     cfg = frontier.compose_config(frontier.run_overrides(PRESET, config, []))
     OmegaConf.to_container(cfg, resolve=True)
     for override in frontier.CONFIGS[config]:
@@ -181,19 +405,19 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+# Optimizers that switch, inside the sharpness-aware phase, between SAM's step and a cheaper one.
+# bench times one step of the phase (the last), which for them is LookSAM's reuse step (failing
+# without the SAM step that precedes it in training) or whichever step RST's draw or AE-SAM's
+# statistics pick: its cost model does not describe them yet, so its test leaves them out.
+SWITCHING = ("looksam", "rst", "ae_sam")
+BENCHED = [config for config in REGISTERED if frontier.method_of(config) not in SWITCHING]
+
+
 def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_path, one_thread):
-    tiny = [
-        "dataset.train_size=128",
-        "dataset.val_size=32",
-        "dataset.test_size=32",
-        "batch_size=32",
-        "epochs=2",
-    ]
-    tiny.append("model.widths=[4,4,4]")
-    arguments = ["bench", "--preset", PRESET, "--set", *tiny, *one_thread]
+    arguments = ["bench", "--preset", PRESET, "--configs", *BENCHED, "--set", *TINY, *one_thread]
     assert frontier.main([*arguments, "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "step_cost.json").read_text())
-    assert set(record["configs"]) == set(frontier.CONFIGS)
+    assert set(record["configs"]) == set(BENCHED)
     assert record["configs"]["sgd"]["ratio_vs_sgd"] == 1.0
     assert all(result["ratio_vs_sgd"] > 0 for result in record["configs"].values())
     assert (record["steps_per_epoch"], record["batch_size"], record["input_shape"]) == (4, 32, [1, 28, 28])
@@ -211,11 +435,17 @@ def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_pat
     )
 
 
+@pytest.mark.xfail(
+    strict=True, raises=RuntimeError, reason="bench times LookSAM's reuse step alone (SWITCHING)"
+)
+def test_bench_times_looksam(tmp_path, one_thread):
+    arguments = ["bench", "--preset", PRESET, "--configs", "looksam_k5", "--set", *TINY, *one_thread]
+    assert frontier.main([*arguments, "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+
+
 @pytest.mark.slow
 def test_flops_counts_every_step_of_training_relative_to_sgd(tmp_path):
-    tiny = ["dataset.train_size=128", "dataset.val_size=32", "dataset.test_size=32", "batch_size=32"]
-    tiny += ["epochs=2", "model.widths=[4,4,4]"]
-    arguments = ["flops", "--preset", PRESET, "--configs", "late_sam_0.5", "--set", *tiny]
+    arguments = ["flops", "--preset", PRESET, "--configs", "late_sam_0.5", "--set", *TINY]
     assert frontier.main([*arguments, "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "flops.json").read_text())
     ratios = {name: result["flops_vs_sgd"] for name, result in record["configs"].items()}
