@@ -6,12 +6,14 @@ methods with steps of their own (LookSAM, RST, AE-SAM)."""
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from helpers import small_conv_net
 from torch import nn
 from torch.func import functional_call
+from torch.utils.data import Dataset
 
 from ssam.train.kinds import Method, RunContext
 from ssam.train.loop import take_step
@@ -29,11 +31,25 @@ def tiny_mlp(dtype: torch.dtype = torch.float64, *, seed: int = 0, classes: int 
     return nn.Sequential(nn.Flatten(), nn.Linear(64, 6), nn.Tanh(), nn.Linear(6, classes)).to(dtype)
 
 
-def build_method(name: str, model: nn.Module, total_steps: int, *, seed: int = 0, **settings) -> Method:
+def build_method(
+    name: str,
+    model: nn.Module,
+    total_steps: int,
+    *,
+    seed: int = 0,
+    epochs: int = 1,
+    train_set: Dataset | None = None,
+    batch_positions: Callable[[int], torch.Tensor] | None = None,
+    **settings,
+) -> Method:
     """Method ``name`` over ``model`` with SETTINGS and ``settings`` (those it declares), for a run of
-    ``total_steps`` steps in one epoch."""
+    ``total_steps`` steps in ``epochs`` epochs; ``train_set`` is what a mask strategy reads, and
+    ``batch_positions`` says which of its examples each step's batch holds."""
     values = {key: value for key, value in {**SETTINGS, **settings}.items() if key in METHODS[name].settings}
-    return METHODS[name](values, RunContext(model, None, 1, total_steps, seed=seed))
+    run = RunContext(
+        model, train_set, epochs, total_steps // epochs, seed=seed, batch_positions=batch_positions
+    )
+    return METHODS[name](values, run)
 
 
 @dataclass

@@ -19,7 +19,21 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
 GROUPS = {
     "dataset": ["fashion_mnist", "cifar10", "cifar100", "imagenet"],
     "model": ["compact_resnet", "resnet18", "wrn28_10", "resnet50", "vit_small", "vgg11_bn", "timm"],
-    "optimizer": ["sgd", "sam", "ssam_f", "ssam_d", "looksam", "rst", "ae_sam", "esam", "sam_on"],
+    "optimizer": [
+        "sgd",
+        "sam",
+        "ssam_f",
+        "ssam_d",
+        "looksam",
+        "rst",
+        "ae_sam",
+        "esam",
+        "sam_on",
+        "msam",
+        "saf",
+        "ssam_f_rst",
+        "ssam_f_looksam",
+    ],
     "scheduler": ["cosine", "step", "constant"],
     "logger": ["console", "wandb"],
 }

@@ -57,7 +57,7 @@ def test_every_declared_method_builds_from_its_config_and_takes_a_step(name):
     data = torch.utils.data.TensorDataset(*batches(1, size=16)[0])
     mask = None
     if issubclass(METHODS[name], SparseSAMMethod):
-        fisher = {"num_samples": 4} if name == "ssam_f" else {}
+        fisher = {"num_samples": 4} if "num_samples" in METHODS[name].settings else {}
         mask = build_mask_strategy(name, model, data, epochs=1, seed=0, **{**settings, **fisher})
     optimizer = build_optimizer(name, model, mask_strategy=mask, **settings)
     if mask is not None:

@@ -142,6 +142,34 @@ def test_starting_at_batch_k_yields_exactly_the_rest_of_the_epoch():
         assert_same_batches(list(loader), whole[k:])
 
 
+def test_batch_positions_are_the_examples_each_loader_yields_in_that_batch():
+    # Each stored label is its example's index: a batch's targets are its positions.
+    order = EpochShuffle(COUNT, SEED, batch_size=BATCH)
+    for epoch in (0, 3):
+        expected = [order.batch_positions(epoch, batch).tolist() for batch in range(3)]
+        for batches in (cpu_batches(PAPER, epoch=epoch), device_batches(PAPER, epoch=epoch)):
+            assert [targets.tolist() for _, targets in batches] == expected
+
+
+@pytest.mark.parametrize("on_device", [False, True])
+def test_batch_positions_of_a_process_resumed_mid_epoch_are_what_its_loader_yields(on_device):
+    """Rank 1 of 2 with batches of 6: a share of 20, in batches of 6, 6, 6 and 2, from the second."""
+    sampler = EpochShuffle(COUNT, SEED, rank=1, world_size=2, batch_size=6)
+    sampler.set_epoch(2, start=6)
+    images, labels = stored()
+    if on_device:
+        loader = DeviceTrainLoader(
+            images, labels, sampler, batch_size=6, mean=MEAN, std=STD, augmentation=PAPER, device=CPU
+        )
+    else:
+        loader = DataLoader(TensorDataset(images, labels), batch_size=6, sampler=sampler)
+    yielded = [targets.tolist() for _, targets in loader]
+    assert [len(batch) for batch in yielded] == [6, 6, 2]
+    assert [sampler.batch_positions(2, batch).tolist() for batch in (1, 2, 3)] == yielded
+    assert sampler.batch_positions(5, 0).tolist() != yielded[0]  # another epoch: another order
+    assert (sampler.epoch, sampler.start) == (2, 6)  # which the positions leave as they were
+
+
 def test_a_start_inside_a_batch_is_refused():
     with pytest.raises(ValueError, match="starts at example 5, not at a batch of 16"):
         device_batches(PAPER, start=5)

@@ -67,6 +67,8 @@ REPLICA_RUNS = {
     # gradients), and its selection from each process's own share of the batch; SAM-ON's mask.
     "esam": ["optimizer=esam"],
     "sam_on": ["optimizer=sam_on", "rho=0.5"],
+    # Momentum-SAM's a = −ρ·v/‖v‖, from the momentum of the averaged gradients: alike everywhere.
+    "msam": ["optimizer=msam", "rho=3"],
     # fmnist_noisy's data under torchrun: label noise and a validation split, held on the device;
     # each process evaluates its shard of the split.
     "noisy_on_device": [

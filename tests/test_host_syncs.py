@@ -52,6 +52,8 @@ def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> Counter:
         ("ssam_d", {}, 2),
         ("looksam", {"k": 2}, 1),  # its cheap steps and its SAM steps alike
         ("sam_on", {}, 2),
+        ("msam", {"rho": 3.0}, 1),  # every step counted climbs along v, whose ‖v‖ stays on the device
+        ("saf", {}, 2),  # storing its logits; with its trajectory loss on too: tests/test_saf.py
     ],
 )
 def test_a_step_reads_the_device_once(monkeypatch, name, settings, accumulate_steps):
@@ -62,7 +64,12 @@ def test_a_step_reads_the_device_once(monkeypatch, name, settings, accumulate_st
     values = {"lr": 0.1, "weight_decay": 5e-4, "rho": 0.05, "sparsity": 0.5, **settings}
     values = {key: value for key, value in values.items() if key in METHODS[name].settings}
     train_set = TensorDataset(*data[0])
-    method = METHODS[name](values, RunContext(model, train_set, epochs=1, steps_per_epoch=STEPS + 1, seed=0))
+    # Every batch holds the whole training set, the first one's BATCH examples.
+    whole_set = torch.arange(BATCH)
+    run = RunContext(
+        model, train_set, epochs=1, steps_per_epoch=STEPS + 1, seed=0, batch_positions=lambda _: whole_set
+    )
+    method = METHODS[name](values, run)
     method.start_epoch(0)
     passes = Passes(model, accumulate_steps=accumulate_steps)
     take_step(method, passes, *data[0], 0)

@@ -48,6 +48,8 @@ class EpochShuffle(Sampler[int]):
         self.batch_size = batch_size
         self.epoch = 0
         self.start = 0
+        # The last share ``share_of`` drew, by epoch: a method asks for it at every step.
+        self._drawn: tuple[int, torch.Tensor] | None = None
 
     @property
     def examples_per_process(self) -> int:
@@ -57,10 +59,22 @@ class EpochShuffle(Sampler[int]):
         self.epoch = epoch
         self.start = start
 
+    def share_of(self, epoch: int) -> torch.Tensor:
+        """The indices this process visits in ``epoch``, all of them, in order (int64)."""
+        if self._drawn is None or self._drawn[0] != epoch:
+            generator = torch.Generator().manual_seed(mixed_seed(self.seed, epoch))
+            self._drawn = epoch, self._share(torch.randperm(self.num_examples, generator=generator))
+        return self._drawn[1]
+
     def order(self) -> torch.Tensor:
         """The indices this process still has to visit this epoch, as one int64 tensor."""
-        generator = torch.Generator().manual_seed(mixed_seed(self.seed, self.epoch))
-        return self._share(torch.randperm(self.num_examples, generator=generator))[self.start :]
+        return self.share_of(self.epoch)[self.start :]
+
+    def batch_positions(self, epoch: int, batch: int) -> torch.Tensor:
+        """The dataset indices of this process's ``batch``-th batch of ``epoch`` (both 0-based):
+        what a loader taking ``batch_size`` consecutive indices of the order yields then, whatever
+        epoch and start the sampler is set to (so mid-epoch resumes and every rank agree)."""
+        return self.share_of(epoch)[batch * self.batch_size : (batch + 1) * self.batch_size]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.order().tolist())

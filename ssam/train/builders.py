@@ -108,6 +108,15 @@ def build_loaders(
     return train_loader, eval_loader(cfg, test_set, device)
 
 
+def sampler_from_config(
+    cfg: DictConfig, num_examples: int, replicas: Replicas = SINGLE_PROCESS
+) -> EpochShuffle:
+    """The training order of this process: a permutation of (seed, epoch), cut into batches."""
+    return EpochShuffle(
+        num_examples, cfg.seed, rank=replicas.rank, world_size=replicas.world_size, batch_size=cfg.batch_size
+    )
+
+
 def method_from_config(
     cfg: DictConfig,
     model: torch.nn.Module,
@@ -115,11 +124,20 @@ def method_from_config(
     *,
     steps_per_epoch: int,
     replicas: Replicas = SINGLE_PROCESS,
+    sampler: EpochShuffle | None = None,
 ) -> Method:
     """The run's method, its optimizer built over ``model`` (Sparse SAM's mask strategy reads
-    ``train_set``; under data parallelism every process takes rank 0's masks)."""
+    ``train_set``; under data parallelism every process takes rank 0's masks). ``sampler``, the
+    loader's (by default one made as the trainer makes it), tells it which examples each step's
+    batch holds."""
     method = method_named(cfg.optimizer.name)
-    run = RunContext(model, train_set, cfg.epochs, steps_per_epoch, cfg.seed, replicas)
+    if sampler is None:
+        sampler = sampler_from_config(cfg, len(train_set), replicas)
+
+    def batch_positions(index: int) -> torch.Tensor:
+        return sampler.batch_positions(*divmod(index, steps_per_epoch))
+
+    run = RunContext(model, train_set, cfg.epochs, steps_per_epoch, cfg.seed, replicas, batch_positions)
     return method(_section(cfg, "optimizer"), run)
 
 

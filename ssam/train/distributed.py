@@ -111,6 +111,15 @@ class Replicas:
         dist.all_reduce(totals)
         return totals.tolist()
 
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every process's ``tensor`` (of one shape on all of them), concatenated along the first
+        dimension in rank order: one all-gather."""
+        if self.world_size == 1:
+            return tensor
+        pieces = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        dist.all_gather(pieces, tensor.contiguous())
+        return torch.cat(pieces)
+
     def broadcast_masks(self, masks: list[torch.Tensor]) -> list[torch.Tensor]:
         """Rank 0's bool masks on every process, in one broadcast."""
         if self.world_size == 1:

@@ -78,6 +78,10 @@ class RunContext:
     steps_per_epoch: int
     seed: int
     replicas: Replicas = SINGLE_PROCESS
+    # The indices in ``train_set`` of this process's batch at a step (counted from the start of
+    # training), as the loader yields them: for a method that keeps something per example. None
+    # where the batches do not come from the trainer's sampler (a loop of one's own).
+    batch_positions: Callable[[int], torch.Tensor] | None = None
 
     @property
     def total_steps(self) -> int:
@@ -131,6 +135,16 @@ def sgd_options(values: SettingValues) -> dict[str, Any]:
 def sam_options(values: SettingValues) -> dict[str, Any]:
     """SAM's keyword arguments (ρ, adaptive, and the base SGD's), from a method's values of its settings."""
     return {"rho": values["rho"], "adaptive": values["adaptive"], **sgd_options(values)}
+
+
+def sparse_sam_options(method: str, values: SettingValues, mask: MaskStrategy | None) -> dict[str, Any]:
+    """SSAM's keyword arguments (its mask strategy, sparsity and norm, and SAM's), from Sparse SAM
+    method ``method``'s values of its settings."""
+    if mask is None:
+        raise TypeError(f"optimizer {method!r} needs a mask strategy")
+    # A method whose mask is structural declares no sparsity: its strategy ignores it.
+    sparsity = values.get("sparsity", 0.0)
+    return {"sparsity": sparsity, "norm": values["norm"], "mask_strategy": mask, **sam_options(values)}
 
 
 def _method_classes(method: type[Method]) -> list[type[Method]]:
@@ -292,9 +306,10 @@ class Method:
 
 
 def _inherited(klass: type[Method]) -> dict[str, Setting]:
-    """The settings ``klass`` has from its parent method class ({} for ``Method``)."""
-    parents = _method_classes(klass)[1:]
-    return parents[0].settings if parents else {}
+    """The settings ``klass`` has from its parent method classes (one, or the two a combination
+    of methods extends; {} for ``Method``)."""
+    parents = [base for base in klass.__bases__ if issubclass(base, Method)]
+    return {key: setting for parent in parents for key, setting in parent.settings.items()}
 
 
 class SharpnessAwareMethod(Method):
@@ -347,7 +362,7 @@ class SharpnessAwareMethod(Method):
             "perturbation_norm",
             lambda _, totals: ratio(totals[PERTURBATION_NORM_SUM], totals[SHARPNESS_AWARE_STEPS]),
         ),
-        Metric("sharpness_aware_steps", lambda _, totals: totals[SHARPNESS_AWARE_STEPS]),
+        Metric("sharpness_aware_steps", lambda _, totals: totals[SHARPNESS_AWARE_STEPS], summary="sum"),
     )
 
     @classmethod
@@ -530,17 +545,7 @@ class SparseSAMMethod(SharpnessAwareMethod):
     def build_optimizer(
         cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
     ) -> SSAM:
-        if mask is None:
-            raise TypeError(f"optimizer {cls.name!r} needs a mask strategy")
-        return SSAM(
-            params,
-            torch.optim.SGD,
-            # A method whose mask is structural declares no sparsity: its strategy ignores it.
-            sparsity=values.get("sparsity", 0.0),
-            norm=values["norm"],
-            mask_strategy=mask,
-            **sam_options(values),
-        )
+        return SSAM(params, torch.optim.SGD, **sparse_sam_options(cls.name, values, mask))
 
     def __init__(self, values: SettingValues, run: RunContext) -> None:
         self.mask_update_time_at_epoch_start = 0.0

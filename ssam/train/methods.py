@@ -1,7 +1,7 @@
 """The built-in optimizers of ``optimizer=<name>``, each a ``Method`` class (ssam/train/kinds.py):
-SGD, SAM, SSAM-F and SSAM-D here, and the cheaper SAMs they are compared with in modules of
-their own (LookSAM, RST and AE-SAM, ESAM, SAM-ON); their table, and helpers to build one outside
-the trainer.
+SGD and SAM here; the paper's SSAM-F and SSAM-D, the cheaper SAMs they are compared with
+(LookSAM, RST and AE-SAM, ESAM, SAM-ON, Momentum-SAM, SAF) and Sparse SAM combined with their
+mechanisms, in modules of their own; their table, and helpers to build one outside the trainer.
 
 Everything else (the validator, Hydra's config group, the trainer, sweeps, tables, plots and the
 settings reference) reads these classes. Adding a method: docs/extending.md.
@@ -15,15 +15,11 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from ssam.errors import ConfigError
-from ssam.optim import DynamicMask, FisherMask
-from ssam.optim.fisher import FISHER_METHODS
-from ssam.optim.masks import SCORES
 from ssam.optim.ssam import MaskStrategy
-from ssam.settings import POSITIVE_INT, Setting, in_range, named, one_of
+from ssam.settings import named
+from ssam.train.combinations import FisherMaskedLookSAMMethod, FisherMaskedRSTMethod
 from ssam.train.esam import ESAMMethod
 from ssam.train.kinds import (
-    MaskContext,
     Method,
     SharpnessAwareMethod,
     SparseSAMMethod,
@@ -31,7 +27,10 @@ from ssam.train.kinds import (
     trainable_parameters,
 )
 from ssam.train.looksam import LookSAMMethod
+from ssam.train.msam import MSAMMethod
+from ssam.train.saf import SAFMethod
 from ssam.train.sam_on import SAMONMethod
+from ssam.train.sparse_sam import SSAMDMethod, SSAMFMethod
 from ssam.train.switching import AdaptiveSwitchingMethod, RandomSwitchingMethod
 
 __all__ = ["METHODS", "build_mask_strategy", "build_optimizer", "build_tensor_selection", "method_named"]
@@ -49,75 +48,6 @@ class SAMMethod(SharpnessAwareMethod):
     description = "SAM (Foret et al., 2021) over SGD: two forward-backward passes per step"
 
 
-class SSAMFMethod(SparseSAMMethod):
-    name = "ssam_f"
-    label = "SSAM-F"
-    description = "Sparse SAM with the Fisher-information mask (SSAM-F, Mi et al., 2022)"
-    settings = {
-        **SparseSAMMethod.settings,
-        "num_samples": Setting(
-            128, POSITIVE_INT, "examples in each Fisher estimate (the paper: 128 to 1024)"
-        ),
-        "fisher_method": Setting(
-            "auto", one_of(*FISHER_METHODS), "loop (batch-1 passes), vmap (torch.func), or auto: the faster"
-        ),
-    }
-
-    @classmethod
-    def check_settings(cls, config: Mapping[str, Any]) -> None:
-        super().check_settings(config)
-        optimizer = config["optimizer"]
-        if config["trainer"]["sync_batchnorm"] and optimizer["fisher_method"] != "loop":
-            raise ConfigError(
-                "trainer.sync_batchnorm=true with optimizer=ssam_f needs optimizer.fisher_method=loop "
-                f"(vmap cannot run SyncBatchNorm), got {optimizer['fisher_method']!r}"
-            )
-        train_size = config["dataset"]["train_size"]
-        if train_size is not None and optimizer["num_samples"] > train_size:
-            raise ConfigError(
-                f"optimizer.num_samples ({optimizer['num_samples']}) is larger than dataset.train_size ({train_size})"
-            )
-
-    @classmethod
-    def build_mask(cls, context: MaskContext, values: Mapping[str, Any]) -> MaskStrategy:
-        return FisherMask(
-            context.model,
-            context.train_set,
-            num_samples=values["num_samples"],
-            update_freq=values["update_freq"],
-            method=values["fisher_method"],
-            seed=context.seed,
-            selection=context.selection,
-        )
-
-
-class SSAMDMethod(SparseSAMMethod):
-    name = "ssam_d"
-    label = "SSAM-D"
-    description = "Sparse SAM with the dynamic sparse mask (SSAM-D, Mi et al., 2022)"
-    settings = {
-        **SparseSAMMethod.settings,
-        "drop_rate": Setting(
-            0.5, in_range(0.0, 1.0), "d₀ of the cosine drop-rate schedule d(e) = d₀(1 + cos(πe/T))/2"
-        ),
-        "drop": Setting("gradient", one_of(*SCORES), "score whose lowest active entries are dropped"),
-        "growth": Setting("random", one_of(*SCORES), "score whose highest inactive entries are grown"),
-    }
-    summary_settings = ("drop_rate",)
-
-    @classmethod
-    def build_mask(cls, context: MaskContext, values: Mapping[str, Any]) -> MaskStrategy:
-        return DynamicMask(
-            total_epochs=context.epochs,
-            drop_rate=values["drop_rate"],
-            update_freq=values["update_freq"],
-            drop=values["drop"],
-            growth=values["growth"],
-            seed=context.seed,
-            selection=context.selection,
-        )
-
-
 METHODS: dict[str, type[Method]] = {
     method.name: method
     for method in (
@@ -130,6 +60,10 @@ METHODS: dict[str, type[Method]] = {
         AdaptiveSwitchingMethod,
         ESAMMethod,
         SAMONMethod,
+        MSAMMethod,
+        SAFMethod,
+        FisherMaskedRSTMethod,
+        FisherMaskedLookSAMMethod,
     )
 }
 

@@ -20,6 +20,7 @@ from ssam.train.builders import (
     method_from_config,
     model_from_config,
     passes_from_config,
+    sampler_from_config,
 )
 from ssam.train.compiling import compiler
 from ssam.train.distributed import Replicas
@@ -87,13 +88,7 @@ def build_parts(cfg: DictConfig, replicas: Replicas) -> RunParts:
     label_noise_changed = data.changed_label_fraction(train_set)
     # Order and augmentation depend on (seed, epoch, position) only: resumable at any step.
     train_set = PerSampleSeeded(train_set, cfg.seed)
-    sampler = EpochShuffle(
-        len(train_set),
-        cfg.seed,
-        rank=replicas.rank,
-        world_size=replicas.world_size,
-        batch_size=cfg.batch_size,
-    )
+    sampler = sampler_from_config(cfg, len(train_set), replicas)
     memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
     model = model_from_config(cfg).to(device, memory_format=memory_format)
     if cfg.trainer.sync_batchnorm and replicas.world_size > 1:
@@ -111,7 +106,9 @@ def build_parts(cfg: DictConfig, replicas: Replicas) -> RunParts:
     precision = Precision(cfg.trainer.amp, device)
     steps_per_epoch = math.ceil(sampler.examples_per_process / cfg.batch_size)
     try:
-        method = method_from_config(cfg, model, train_set, steps_per_epoch=steps_per_epoch, replicas=replicas)
+        method = method_from_config(
+            cfg, model, train_set, steps_per_epoch=steps_per_epoch, replicas=replicas, sampler=sampler
+        )
     except ValueError as error:  # settings that need the model or data to check
         raise ConfigError(str(error)) from error
     train_loader, test_loader = build_loaders(cfg, train_set, replicas.shard(test_set), sampler, device)

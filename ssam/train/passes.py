@@ -2,7 +2,8 @@
 
 A pass runs a batch forward and backward under the run's precision, over ``accumulate_steps``
 micro-batches whose gradients add up in ``.grad``, inside DDP's machinery when data-parallel, and
-is checked for non-finite values. What a method does between its passes (climb to w + ε, step the
+is checked for non-finite values. Its loss is the cross-entropy, plus a method's own term if it
+gives one (``ExtraLoss``). What a method does between its passes (climb to w + ε, step the
 base optimizer) is the method's (ssam/train/steps.py, ssam/train/kinds.py); how a pass runs is
 the same for all of them, and lives here.
 """
@@ -24,6 +25,10 @@ from ssam.train.precision import FLOAT32, Precision
 BN_STATS = ("ascent", "descent", "both")
 ON_NONFINITE = ("stop", "skip")
 PERTURBATIONS = ("global", "local")
+
+# A method's own term of the training objective, added to a micro-batch's mean cross-entropy:
+# from the micro-batch's logits and the rows of the batch it holds (SAF's trajectory loss).
+ExtraLoss = Callable[[torch.Tensor, slice], torch.Tensor]
 
 
 class NonFiniteError(RuntimeError):
@@ -125,19 +130,27 @@ class Passes:
         *,
         freeze_stats: bool,
         weight: float = 1.0,
+        extra_loss: ExtraLoss | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Add the gradient of ``weight`` × the batch's mean loss to ``.grad``, micro-batch by
         micro-batch (scaled under fp16, not yet unscaled); returns the mean loss (detached) and
         the number of correct predictions. BatchNorm statistics, unless frozen, are updated by
-        every micro-batch, as in any gradient accumulation."""
+        every micro-batch, as in any gradient accumulation.
+
+        The loss is the cross-entropy, plus ``extra_loss`` of each micro-batch if given; the
+        returned loss is the cross-entropy alone, comparable across methods."""
         scale = self.precision.loss_scale
         losses, correct = [], []
+        start = 0
         for micro_inputs, micro_targets, share, last in micro_batches(inputs, targets, self.accumulate_steps):
+            rows = slice(start, start + len(micro_targets))
+            start = rows.stop
             with self.replicas.accumulating(self.model, last=last):
                 with self._batchnorm_stats(freeze_stats), self.precision.autocast():
                     logits = self.model(micro_inputs)
                     loss = F.cross_entropy(logits, micro_targets)
-                weighted = loss * (weight * share)
+                    objective = loss if extra_loss is None else loss + extra_loss(logits, rows)
+                weighted = objective * (weight * share)
                 backward(weighted if scale is None else scale.scaled(weighted))
             losses.append(loss.detach() * share)
             correct.append((logits.argmax(dim=1) == micro_targets).sum())

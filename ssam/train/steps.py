@@ -23,7 +23,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ssam.optim import SAM
 from ssam.train.distributed import SINGLE_PROCESS, Replicas
-from ssam.train.passes import NonFiniteError, Passes, PassFailed, StepResult
+from ssam.train.passes import ExtraLoss, NonFiniteError, Passes, PassFailed, StepResult
 from ssam.train.precision import FLOAT32, Precision
 
 # The totals a sharpness-aware step adds to its epoch's (ssam/train/progress.py).
@@ -47,10 +47,12 @@ def sgd_step(
     targets: torch.Tensor,
     *,
     freeze_stats: bool = False,
+    extra_loss: ExtraLoss | None = None,
 ) -> StepResult:
-    """One forward-backward at w and ``optimizer``'s step (the base optimizer of a SAM)."""
+    """One forward-backward at w and ``optimizer``'s step (the base optimizer of a SAM), on the
+    cross-entropy plus the method's ``extra_loss`` if any (see ``Passes.forward_backward``)."""
     optimizer.zero_grad(set_to_none=True)
-    loss, correct = passes.forward_backward(inputs, targets, freeze_stats=freeze_stats)
+    loss, correct = passes.forward_backward(inputs, targets, freeze_stats=freeze_stats, extra_loss=extra_loss)
     passes.check(loss, parameters_of(optimizer), "training")
     passes.settle()
     optimizer.step()
