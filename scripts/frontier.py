@@ -26,13 +26,19 @@ to every run.
   accuracy is never read.
 - ``bench`` measures each configuration's step cost relative to SGD in one process, on the
   preset's own model, batch and data, built by the trainer's builders: the configurations take
-  turns each repeat, and the median is kept. Per step, with f the share of plain steps
-  (⌈optimizer.sam_from · T⌉ / T, as the trainer counts them),
+  turns each repeat, and the median is kept. It times the two kinds of step a method takes, its
+  sharpness-aware step and its other one (SGD's; LookSAM's, the reuse of g_v), each forced at the
+  last step of training, and weighs them by s, the share of the run's steps that are
+  sharpness-aware:
 
-      cost = f · t_plain + (1 − f) · t_sharpness_aware + (t_first_mask + k · t_refresh) / T
+      cost = (1 − s) · t_other + s · t_sharpness_aware + (t_first_mask + k · t_refresh) / T
 
   where T = epochs × steps per epoch and k the mask refreshes after the first mask, both in the
-  sharpness-aware phase (Sparse SAM only). It writes ``<out>/step_cost.json``.
+  sharpness-aware phase (Sparse SAM only). s is foreseen from the method where its steps are
+  (late phases, LookSAM's k), and read from the configuration's runs in ``--out`` where a policy
+  draws or measures it (RST, AE-SAM): their summary.json's ``sharpness_aware_steps`` over T,
+  averaged over seeds. The other step also stands for the plain steps before a late phase. It
+  writes ``<out>/step_cost.json``.
 - ``flops`` counts each configuration's FLOPs per step relative to SGD's, with torch's
   FlopCounterMode (ssam/analysis/flops.py): every step of a whole training run, as the trainer
   takes it, on the preset's first batch, so that late phases, intervals, switching and mask
@@ -75,14 +81,17 @@ from ssam.train.builders import (
     model_from_config,
     passes_from_config,
 )
+from ssam.train.kinds import SharpnessAwareMethod
 from ssam.train.loop import take_step
 from ssam.train.precision import Precision
 from ssam.train.rng import seed_everything
+from ssam.train.switching import AdaptiveSwitchingMethod, SwitchingSAMMethod
 from ssam.train.validate import validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "configs"
 TENSOR = ("optimizer=ssam_f", "optimizer.granularity=tensor", "optimizer.norm=masked")
+MASKED_FISHER = ("sparsity=0.5", "optimizer.norm=masked")
 
 # The frontier's configurations: name -> Hydra overrides on top of experiment=<preset>.
 CONFIGS: dict[str, tuple[str, ...]] = {
@@ -121,6 +130,15 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     "esam_g0.25": ("optimizer=esam", "optimizer.gamma=0.25"),  # the descent on a quarter of the batch
     # At its authors' ρ (ssam.train.sam_on.AUTHORS_RHO): the normalisation layers alone need more.
     "sam_on": ("optimizer=sam_on", "rho=0.5"),
+    # At its authors' ρ (ssam.train.msam.AUTHORS_RHO), for which their models are far larger.
+    "msam": ("optimizer=msam", "rho=3"),
+    # One pass a step either way, so no cheaper setting: λ is SAF's knob, and the one tuned.
+    "saf": ("optimizer=saf",),
+    # Sparse SAM's bid for the target (90% of SAM's gain at 1.25× SGD's cost): its best element-wise
+    # configuration above (SSAM-F s = 0.5, masked norm), on a quarter of the steps chosen at random
+    # (1.25 passes a step), or every 5th step with LookSAM's reuse in between (1.2).
+    "ssam_f_rst_p0.25": ("optimizer=ssam_f_rst", *MASKED_FISHER, "optimizer.probability=0.25"),
+    "ssam_f_looksam_k5": ("optimizer=ssam_f_looksam", *MASKED_FISHER),
 }
 
 # ``tune``'s grid for each method: the override it sets, and the multiples of the configuration's
@@ -131,8 +149,16 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 # and 1.0, the lowest being SAM's own radius on fmnist_noisy.
 SAM_FAMILY_GRID = ("rho", (0.5, 1.0, 2.0))
 RADIUS_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    **dict.fromkeys(("sam", "ssam_f", "ssam_d", "looksam", "rst", "ae_sam", "esam"), SAM_FAMILY_GRID),
+    **dict.fromkeys(
+        ("sam", "ssam_f", "ssam_d", "looksam", "rst", "ae_sam", "esam", "ssam_f_rst", "ssam_f_looksam"),
+        SAM_FAMILY_GRID,
+    ),
     "sam_on": ("rho", (0.2, 1.0, 2.0)),
+    # Momentum-SAM: its authors' ρ = 3, double it, and a tenth and a half of it (0.3, 1.5, 3, 6),
+    # as their models are far larger than a compact ResNet, on which ρ = 3 may be too large.
+    "msam": ("rho", (0.1, 0.5, 1.0, 2.0)),
+    # SAF has no radius: the weight λ of its trajectory loss is the strength tuned (0.15, 0.3, 0.6).
+    "saf": ("optimizer.trajectory_weight", (0.5, 1.0, 2.0)),
 }
 
 
@@ -398,6 +424,11 @@ def tune(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------- bench
 
+# The two kinds of step bench times, by whether the step is sharpness-aware.
+STEP_KINDS = {True: "sharpness_aware", False: "other"}
+# Beyond any multiple of ‖g‖²'s standard deviation: AE-SAM's c_t, forced to climb or not.
+FORCED_THRESHOLD = 1e30
+
 
 class BenchedConfig:
     """One configuration built as the trainer builds it, with its steps ready to time."""
@@ -425,6 +456,29 @@ class BenchedConfig:
         self.sam_from = float(cfg.optimizer.get("sam_from", 0.0))
         self.plain_steps = math.ceil(self.sam_from * self.total_steps)
         self.sparse = isinstance(self.optimizer, SSAM)
+        # The share s of sharpness-aware steps, where the method foresees it (None: its runs say).
+        self.foreseen_share: float | None = None
+        if not isinstance(self.method, SharpnessAwareMethod):
+            self.foreseen_share = 0.0
+        elif not isinstance(self.method, SwitchingSAMMethod):
+            self.foreseen_share = self.method.sharpness_aware_share
+
+    @property
+    def kinds(self) -> list[bool]:
+        """The kinds of step to time, sharpness-aware (True) first: its warm-up builds what the
+        other needs (Sparse SAM's mask, LookSAM's g_v)."""
+        share = self.foreseen_share
+        return [kind for kind, taken in ((True, share != 0), (False, share != 1)) if taken]
+
+    def _force(self, sharpness_aware: bool) -> None:
+        """Make the next step sharpness-aware or not, whatever the method's own choice. AE-SAM
+        chooses after its pass at w, so its threshold is forced instead, beyond any ‖g‖²."""
+        method = self.method
+        if isinstance(method, AdaptiveSwitchingMethod):
+            threshold = -FORCED_THRESHOLD if sharpness_aware else FORCED_THRESHOLD
+            method.threshold_at = lambda index: threshold
+        else:
+            method.is_sharpness_aware = lambda index: sharpness_aware
 
     @staticmethod
     def _first_batch(cfg: DictConfig, device: torch.device):
@@ -436,13 +490,32 @@ class BenchedConfig:
         return train_set, inputs.to(device), targets.to(device)
 
     def step(self, *, sharpness_aware: bool = True) -> None:
-        """The trainer's step: the last one of training (sharpness-aware), or the first (plain
-        under late-phase SAM)."""
+        """The trainer's last step of training, of the kind asked."""
+        self._force(sharpness_aware)
         inputs = self.inputs.contiguous(memory_format=self.memory_format)
-        index = self.total_steps - 1 if sharpness_aware else 0
         take_step(
-            self.method, self.passes, inputs, self.targets, index, on_nonfinite=self.cfg.trainer.on_nonfinite
+            self.method,
+            self.passes,
+            inputs,
+            self.targets,
+            self.total_steps - 1,
+            on_nonfinite=self.cfg.trainer.on_nonfinite,
         )
+
+    def share(self, out: Path, name: str) -> float:
+        """s: foreseen, or the mean over the runs of ``name`` in ``out`` of their sharpness-aware
+        steps over T."""
+        if self.foreseen_share is not None:
+            return self.foreseen_share
+        summaries = [
+            json.loads(path.read_text()) for path in sorted((out / name).glob("seed=*/summary.json"))
+        ]
+        if not summaries:
+            raise SystemExit(
+                f"bench: {name}'s share of sharpness-aware steps comes from its runs (its policy chooses "
+                f"them as it trains), and {out / name} has none: run `train` with --out {out} first"
+            )
+        return statistics.mean(summary["sharpness_aware_steps"] / self.total_steps for summary in summaries)
 
     def later_refreshes(self) -> int:
         """Mask refreshes after the first mask, which the first sharpness-aware step builds: one
@@ -474,17 +547,17 @@ def bench(args: argparse.Namespace) -> dict:
         name: BenchedConfig(compose_config(run_overrides(args.preset, name, args.set)), batches)
         for name in configs
     }
+    out = Path(args.out)
+    shares = {name: entry.share(out, name) for name, entry in benched.items()}
     steps, refresh_times, first_mask_s = {}, {}, {}
     for name, entry in benched.items():
         for _ in range(args.warmup):
-            entry.step()  # the first builds Sparse SAM's mask
-            if name not in first_mask_s and entry.sparse:
-                first_mask_s[name] = entry.optimizer.mask_update_time_s
-            if entry.plain_steps:
-                entry.step(sharpness_aware=False)
-        steps[(name, "sharpness_aware")] = entry.step
-        if entry.plain_steps:
-            steps[(name, "plain")] = lambda entry=entry: entry.step(sharpness_aware=False)
+            for kind in entry.kinds:  # the first sharpness-aware step builds Sparse SAM's mask
+                entry.step(sharpness_aware=kind)
+                if name not in first_mask_s and entry.sparse:
+                    first_mask_s[name] = entry.optimizer.mask_update_time_s
+        for kind in entry.kinds:
+            steps[(name, STEP_KINDS[kind])] = lambda entry=entry, kind=kind: entry.step(sharpness_aware=kind)
         if entry.sparse and entry.later_refreshes() > 0:
             refresh_times[name] = []
             steps[(name, "refresh")] = lambda entry=entry, times=refresh_times[name]: entry.refresh(times)
@@ -493,19 +566,21 @@ def bench(args: argparse.Namespace) -> dict:
 
     results = {}
     for name, entry in benched.items():
-        f = entry.plain_steps / entry.total_steps
-        step_s = statistics.median(times[(name, "sharpness_aware")])
-        plain_s = statistics.median(times[(name, "plain")]) if entry.plain_steps else None
+        s = shares[name]
+        median = {kind: statistics.median(times[(name, kind)]) for label, kind in times if label == name}
         refreshes = entry.later_refreshes() if entry.sparse else 0
         refresh_s = statistics.median(refresh_times[name]) if refreshes else None
         masks_per_step_s = (first_mask_s.get(name, 0.0) + refreshes * (refresh_s or 0.0)) / entry.total_steps
-        cost_s = f * (plain_s or 0.0) + (1 - f) * step_s + masks_per_step_s
+        cost_s = (
+            (1 - s) * median.get("other", 0.0) + s * median.get("sharpness_aware", 0.0) + masks_per_step_s
+        )
         results[name] = {
             "overrides": run_overrides(args.preset, name, args.set),
-            "step_s": step_s,
-            "plain_step_s": plain_s,
+            "step_s": median.get("sharpness_aware"),
+            "other_step_s": median.get("other"),
             "sam_from": entry.sam_from,
-            "plain_share": f,
+            "sharpness_aware_share": s,
+            "share_from": "method" if entry.foreseen_share is not None else "runs",
             "first_mask_s": first_mask_s.get(name),
             "refresh_s": refresh_s,
             "refreshes_after_first": refreshes,
@@ -535,20 +610,21 @@ def bench(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "configs": results,
     }
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "step_cost.json").write_text(json.dumps(record, indent=2))
     print(
         f"step cost on {record['device']}, torch {record['torch']}, {record['threads']} threads, "
         f"{record['model']}, batch {record['batch_size']}, median of {args.repeats}"
     )
-    print("| config | step (s) | plain step (s) | masks per step (s) | cost / SGD |")
-    print("|---|---|---|---|---|")
+    print("| config | sharpness-aware step (s) | other step (s) | share | masks per step (s) | cost / SGD |")
+    print("|---|---|---|---|---|---|")
     for name, result in sorted(results.items(), key=lambda item: item[1]["ratio_vs_sgd"]):
-        plain = "" if result["plain_step_s"] is None else f"{result['plain_step_s']:.4f}"
+        step, other = (
+            "" if result[key] is None else f"{result[key]:.4f}" for key in ("step_s", "other_step_s")
+        )
         print(
-            f"| {name} | {result['step_s']:.4f} | {plain} | {result['masks_per_step_s']:.5f} "
-            f"| {result['ratio_vs_sgd']:.3f} |"
+            f"| {name} | {step} | {other} | {result['sharpness_aware_share']:.3f} "
+            f"| {result['masks_per_step_s']:.5f} | {result['ratio_vs_sgd']:.3f} |"
         )
     return record
 

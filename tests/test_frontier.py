@@ -405,19 +405,22 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-# Optimizers that switch, inside the sharpness-aware phase, between SAM's step and a cheaper one.
-# bench times one step of the phase (the last), which for them is LookSAM's reuse step (failing
-# without the SAM step that precedes it in training) or whichever step RST's draw or AE-SAM's
-# statistics pick: its cost model does not describe them yet, so its test leaves them out.
-SWITCHING = ("looksam", "rst", "ae_sam")
-BENCHED = [config for config in REGISTERED if frontier.method_of(config) not in SWITCHING]
+# Whose share of sharpness-aware steps bench reads from their runs: their policies choose as they train.
+FROM_RUNS = [config for config in REGISTERED if frontier.method_of(config) in ("rst", "ae_sam", "ssam_f_rst")]
 
 
-def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_path, one_thread):
-    arguments = ["bench", "--preset", PRESET, "--configs", *BENCHED, "--set", *TINY, *one_thread]
+def test_bench_weighs_each_configurations_two_kinds_of_step_by_its_share_of_sharpness_aware_steps(
+    tmp_path, one_thread
+):
+    for config in FROM_RUNS:  # runs of 8 steps, 2 and 6 of them sharpness-aware
+        for seed, steps in ((0, 2), (1, 6)):
+            write_run(tmp_path, config, seed, {"sharpness_aware_steps": steps})
+    # SAF refuses a run that ends before its trajectory loss starts, as TINY's would.
+    configs = [config for config in REGISTERED if config != "saf"]
+    arguments = ["bench", "--preset", PRESET, "--configs", *configs, "--set", *TINY, *one_thread]
     assert frontier.main([*arguments, "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "step_cost.json").read_text())
-    assert set(record["configs"]) == set(BENCHED)
+    assert set(record["configs"]) == set(configs)
     assert record["configs"]["sgd"]["ratio_vs_sgd"] == 1.0
     assert all(result["ratio_vs_sgd"] > 0 for result in record["configs"].values())
     assert (record["steps_per_epoch"], record["batch_size"], record["input_shape"]) == (4, 32, [1, 28, 28])
@@ -429,18 +432,22 @@ def test_bench_writes_a_positive_step_cost_ratio_for_every_configuration(tmp_pat
     assert record["configs"]["sam"]["masks_per_step_s"] == 0.0
     late = record["configs"]["late_ssam_f_tensor_s0.5_0.8"]
     # ⌈0.8 · 8⌉ = 7 plain steps; the mask is built in the second epoch, the last: no refresh.
-    assert (late["plain_share"], late["refreshes_after_first"]) == (7 / 8, 0)
+    assert (late["sharpness_aware_share"], late["refreshes_after_first"]) == (1 / 8, 0)
     assert late["cost_s"] == pytest.approx(
-        7 / 8 * late["plain_step_s"] + 1 / 8 * late["step_s"] + late["first_mask_s"] / 8
+        7 / 8 * late["other_step_s"] + 1 / 8 * late["step_s"] + late["first_mask_s"] / 8
     )
+    looksam = record["configs"]["looksam_k5"]  # SAM at steps 0 and 5 of 8, g_v reused at the others
+    assert (looksam["sharpness_aware_share"], looksam["share_from"]) == (2 / 8, "method")
+    assert looksam["cost_s"] == pytest.approx(6 / 8 * looksam["other_step_s"] + 2 / 8 * looksam["step_s"])
+    for config in FROM_RUNS:
+        result = record["configs"][config]
+        assert (result["sharpness_aware_share"], result["share_from"]) == (0.5, "runs")
 
 
-@pytest.mark.xfail(
-    strict=True, raises=RuntimeError, reason="bench times LookSAM's reuse step alone (SWITCHING)"
-)
-def test_bench_times_looksam(tmp_path, one_thread):
-    arguments = ["bench", "--preset", PRESET, "--configs", "looksam_k5", "--set", *TINY, *one_thread]
-    assert frontier.main([*arguments, "--warmup", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+def test_bench_refuses_a_switching_configuration_without_its_runs(tmp_path, one_thread):
+    arguments = ["bench", "--preset", PRESET, "--configs", "rst_p0.5", "--set", *TINY, *one_thread]
+    with pytest.raises(SystemExit, match="rst_p0.5's share of sharpness-aware steps comes from its runs"):
+        frontier.main([*arguments, "--out", str(tmp_path)])
 
 
 @pytest.mark.slow
