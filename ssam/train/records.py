@@ -3,7 +3,6 @@ JSON-lines files, wandb, the console, and summary.json. Rank 0 alone writes."""
 
 from __future__ import annotations
 
-import math
 import resource
 import statistics
 from dataclasses import asdict, dataclass, field, replace
@@ -42,7 +41,9 @@ class RunHistory:
     """The run so far, epoch by epoch: what summary.json reports, kept in the checkpoint."""
 
     epoch: int = 0  # epochs done
-    best_test_acc: float = -math.inf
+    # The test set's accuracies; None where it was not evaluated (trainer.test_every_epoch=false
+    # measures the final and the best-validation epoch's once, at the end: ``with_test``).
+    best_test_acc: float | None = None
     final_test_acc: float | None = None
     train_time_s: float = 0.0
     step_times_s: list[float] = field(default_factory=list)
@@ -72,24 +73,32 @@ class RunHistory:
         metrics: tuple[Metric, ...],
     ) -> RunHistory:
         """The history with the epoch of ``record`` (its line of metrics.jsonl) added."""
+        test_acc = record.get("test_acc")
         best_val = {}
         if "val_acc" in record and (self.best_val_acc is None or record["val_acc"] > self.best_val_acc):
             best_val = dict(
-                best_val_acc=record["val_acc"],
-                best_val_epoch=record["epoch"],
-                test_acc_at_best_val=record["test_acc"],
+                best_val_acc=record["val_acc"], best_val_epoch=record["epoch"], test_acc_at_best_val=test_acc
             )
         return replace(
             self,
             epoch=self.epoch + 1,
-            best_test_acc=max(self.best_test_acc, record["test_acc"]),
-            final_test_acc=record["test_acc"],
+            best_test_acc=test_acc if self.best_test_acc is None else max(self.best_test_acc, test_acc),
+            final_test_acc=test_acc,
             train_time_s=self.train_time_s + time_s,
             step_times_s=self.step_times_s + step_times_s,
             peak_memory_mb=max(self.peak_memory_mb, peak_memory_mb),
             metric_summaries=_summarised(self.metric_summaries, record, metrics),
             **best_val,
         )
+
+    def with_test(self, *, final: float, at_best_val: float | None) -> RunHistory:
+        """The history with the test accuracies measured once, at the end of the run."""
+        return replace(self, final_test_acc=final, test_acc_at_best_val=at_best_val)
+
+    @property
+    def is_best_val_epoch(self) -> bool:
+        """Whether the last epoch added is the best on validation data so far."""
+        return self.best_val_epoch is not None and self.best_val_epoch == self.epoch - 1
 
 
 def _summarised(
@@ -152,10 +161,14 @@ class RunRecords:
         self.metrics.append(record)
         if self.sink is not None:
             self.sink.log(record, step=record["epoch"])
+        evaluated = " ".join(
+            f"{split} loss {record[f'{split}_loss']:.4f} acc {record[f'{split}_acc']:.2f} "
+            for split in ("test", "val")
+            if f"{split}_acc" in record
+        )
         print(
             f"epoch {record['epoch'] + 1}/{self.cfg.epochs}  train loss {record['train_loss']:.4f} "
-            f"acc {record['train_acc']:.2f}  test loss {record['test_loss']:.4f} acc {record['test_acc']:.2f}  "
-            f"{record['epoch_time_s']:.1f}s"
+            f"acc {record['train_acc']:.2f}  {evaluated} {record['epoch_time_s']:.1f}s"
         )
 
     def finish(self, summary: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssam.analysis.tracking import SharpnessTracker
@@ -81,9 +82,14 @@ class _Training:
         parts: RunParts,
         history: RunHistory,
         progress: EpochProgress | None,
+        best_val_weights: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.cfg, self.parts, self.replicas = cfg, parts, parts.replicas
         self.history, self.progress = history, progress
+        # trainer.test_every_epoch=false: the model's state at the best validation epoch so far,
+        # on the CPU, tested once at the end (None while there is none, and when testing each epoch).
+        self.test_every_epoch = cfg.trainer.test_every_epoch
+        self.best_val_weights = best_val_weights
         self.checkpoint_path = run_dir / "last.pt"
         self.records = RunRecords(cfg, run_dir, parts.replicas, history.epoch)
         parts.method.open_records(self.records.open_lines)
@@ -105,6 +111,7 @@ class _Training:
             "rng": rng_state(),
             "history": self.history.state_dict(),
             "epoch_progress": None if progress is None else progress.state_dict(),
+            "best_val_weights": self.best_val_weights,
         }
 
     def after_step(self, progress: EpochProgress) -> None:
@@ -173,12 +180,10 @@ class _Training:
         the test (and validation) sets."""
         parts = self.parts
         self.replicas.average_batchnorm_statistics(parts.model)
-        test_loss, test_acc = self.evaluate(parts.test_loader)
-        record = {
-            "epoch": epoch,
-            "lr": progress.lr_at_start,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+        record = {"epoch": epoch, "lr": progress.lr_at_start}
+        if self.test_every_epoch:
+            record["test_loss"], record["test_acc"] = self.evaluate(parts.test_loader)
+        record |= {
             "epoch_time_s": progress.time_s,
             "images_per_s": progress.totals["trained_images"] / progress.time_s,
         }
@@ -203,21 +208,40 @@ class _Training:
             metrics=self.parts.metrics,
         )
         self.progress = None
+        if not self.test_every_epoch and self.history.is_best_val_epoch:
+            self.best_val_weights = {
+                key: value.detach().to("cpu", copy=True)
+                for key, value in self.parts.model.state_dict().items()
+            }
         if self.replicas.is_main:
             _checkpoint(self.checkpoint_path, self.state(None))
         for warning in self.compile_watch.new_warnings() if self.compile_watch else ():
             print(warning)
 
+    def test_once(self) -> None:
+        """trainer.test_every_epoch=false: the test set, once, on the final weights and on the best
+        validation epoch's (then the final weights again), into the history."""
+        model, loader = self.parts.model, self.parts.test_loader
+        final_acc = self.evaluate(loader)[1]
+        at_best_val = None
+        if self.best_val_weights is not None:
+            final_weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+            model.load_state_dict(self.best_val_weights)
+            at_best_val = self.evaluate(loader)[1]
+            model.load_state_dict(final_weights)
+        self.history = self.history.with_test(final=final_acc, at_best_val=at_best_val)
+
 
 def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]:
     parts = build_parts(cfg, replicas)
     checkpoint_path = run_dir / "last.pt"
-    history, progress = RunHistory(), None
+    history, progress, best_val_weights = RunHistory(), None, None
     checkpoint = replicas.on_main(
         lambda: load_checkpoint(checkpoint_path) if cfg.resume and checkpoint_path.exists() else None
     )
     if checkpoint is not None:
         history, progress = resume(cfg, checkpoint, run_dir, parts)
+        best_val_weights = checkpoint.get("best_val_weights")
     summary_path = run_dir / "summary.json"
     if history.epoch >= cfg.epochs:
         # Finished: its summary stands as written (this process measured nothing).
@@ -225,10 +249,12 @@ def _train(cfg: DictConfig, run_dir: Path, replicas: Replicas) -> dict[str, Any]
         if summary is not None:
             print(format_table(summary))
             return summary
-    training = _Training(cfg, run_dir, parts, history, progress)
+    training = _Training(cfg, run_dir, parts, history, progress, best_val_weights)
     for epoch in range(history.epoch, cfg.epochs):
         progress = training.train_epoch(epoch)
         training.end_epoch(progress, training.epoch_record(epoch, progress))
+    if not training.test_every_epoch:
+        training.test_once()
     watch = training.compile_watch
     summary = run_summary(
         cfg,

@@ -81,6 +81,12 @@ TRAINER_SETTINGS = {
     "deterministic": Setting(
         False, BOOLEAN, "GPUs: deterministic kernels, TF32 off (ssam/train/determinism.py)"
     ),
+    "test_every_epoch": Setting(
+        True,
+        BOOLEAN,
+        "false: the test set is evaluated once, at the end, on the final weights and on the best "
+        "validation epoch's (kept in the checkpoint)",
+    ),
 }
 
 # Sections of the config that never change results as a whole: where the records go.
