@@ -41,9 +41,11 @@ to every run.
   writes ``<out>/step_cost.json``.
 - ``flops`` counts each configuration's FLOPs per step relative to SGD's, with torch's
   FlopCounterMode (ssam/analysis/flops.py): every step of a whole training run, as the trainer
-  takes it, on the preset's first batch, so that late phases, intervals, switching and mask
-  refreshes come at their own steps. It writes ``<out>/flops.json``, with each configuration's
-  declared passes per step beside it.
+  takes it, on the preset's first batch, so that late phases, intervals, LookSAM's rhythm and mask
+  refreshes come at their own steps. A policy that chooses as it trains (RST, AE-SAM) would choose
+  otherwise on one repeated batch: its two kinds of step are counted, and weighed by its runs'
+  share, as ``bench`` weighs them. It writes ``<out>/flops.json``, with each configuration's
+  passes per step beside it (declared, or 1 + its runs' share).
 - ``report`` reads the runs' summary.json, step_cost.json, flops.json and sweep.json and writes the CSV,
   the figure and a Markdown table (frontier_report.py); missing or unfinished runs are listed,
   never dropped.
@@ -70,7 +72,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import ssam.train.resolvers  # noqa: F401  (registers the configs' resolvers)
-from ssam.analysis.flops import training_flops_per_step
+from ssam.analysis.flops import flops_of, training_flops_per_step
 from ssam.data.sampling import EpochShuffle, PerSampleSeeded
 from ssam.devices import device_name, resolve_device
 from ssam.optim import SSAM
@@ -629,6 +631,21 @@ def bench(args: argparse.Namespace) -> dict:
     return record
 
 
+def weighed_flops_per_step(entry: BenchedConfig, share: float) -> float:
+    """FLOPs of a step of a method whose policy chooses its sharpness-aware steps as it trains
+    (RST, AE-SAM): its two kinds of step, forced as bench forces them, weighed by ``share``, and
+    its masks (the first and each later refresh) amortised over the run's steps. Its choices on
+    one batch given at every step, as ``training_flops_per_step`` would take them, need not be
+    the share its runs took."""
+    entry.step(sharpness_aware=True)  # builds Sparse SAM's first mask, counted below
+    sharpness_aware = flops_of(lambda: entry.step(sharpness_aware=True))
+    other = flops_of(lambda: entry.step(sharpness_aware=False))
+    masks = 0.0
+    if entry.sparse:
+        masks = flops_of(entry.optimizer.update_mask) * (1 + entry.later_refreshes()) / entry.total_steps
+    return (1 - share) * other + share * sharpness_aware + masks
+
+
 def flops(args: argparse.Namespace) -> dict:
     """FLOPs of each configuration's mean training step relative to SGD's; writes and returns
     flops.json."""
@@ -637,19 +654,26 @@ def flops(args: argparse.Namespace) -> dict:
     results, sgd = {}, None
     for name in configs:
         entry = BenchedConfig(compose_config(run_overrides(args.preset, name, args.set)), batches)
-        per_step = training_flops_per_step(
-            entry.method,
-            entry.passes,
-            entry.inputs.contiguous(memory_format=entry.memory_format),
-            entry.targets,
-            epochs=entry.cfg.epochs,
-            steps_per_epoch=entry.steps_per_epoch,
-        )
+        if entry.foreseen_share is None:  # a policy that chooses as it trains: its runs' share
+            share = entry.share(Path(args.out), name)
+            per_step, passes = weighed_flops_per_step(entry, share), 1 + share
+        else:
+            per_step = training_flops_per_step(
+                entry.method,
+                entry.passes,
+                entry.inputs.contiguous(memory_format=entry.memory_format),
+                entry.targets,
+                epochs=entry.cfg.epochs,
+                steps_per_epoch=entry.steps_per_epoch,
+            )
+            share, passes = entry.foreseen_share, entry.method.passes_per_step
         sgd = entry if name == "sgd" else sgd
         results[name] = {
             "overrides": run_overrides(args.preset, name, args.set),
             "flops_per_step": per_step,
-            "passes_per_step": entry.method.passes_per_step,
+            "passes_per_step": passes,
+            "sharpness_aware_share": share,
+            "share_from": "method" if entry.foreseen_share is not None else "runs",
             "total_steps": entry.total_steps,
         }
         print(
