@@ -11,12 +11,16 @@
 #   2. frontier: the accuracy-vs-cost frontier of scripts/frontier.py at full scale: preset
 #      fmnist_noisy (40% label noise) on all 60,000 Fashion-MNIST images (500 held out for
 #      validation) and the 10,000 test images, ResNet-18, data on the GPU, bf16 autocast with
-#      channels-last; all 14 configurations, $FRONTIER_EPOCHS epochs (default 3), seeds
-#      $FRONTIER_SEEDS (default 0 1 2), 4 runs side by side; then the step costs, measured in one
-#      process on the same settings, and the report. Sized to about 10 minutes on one H100-class
-#      GPU by estimate, never run: SGD at about 3 s an epoch, the 14 configurations at about 25
-#      SGD epochs per epoch (their CPU step costs), 4 runs sharing the GPU at about twice one's
-#      throughput, about 20 s to start each run; fewer epochs or seeds if it must fit a hard limit.
+#      channels-last; the configurations $FRONTIER_CONFIGS (default: SGD, SAM, the best Sparse SAM
+#      of the CPU frontier, each other method at its authors' defaults, and the two Sparse SAM
+#      combinations: 12), $FRONTIER_EPOCHS epochs (default 8: SAF's trajectory loss starts at
+#      epoch 6), seeds $FRONTIER_SEEDS (default 0 1), 4 runs side by side; then the step costs,
+#      measured in one process on the same settings (after the runs: RST's and AE-SAM's share of
+#      SAM steps comes from them), and the report. Sized to about 10 minutes on one H100-class
+#      GPU by estimate, never run: SGD at about 3 s an epoch, the 12 configurations at about 17
+#      SGD epochs per epoch (1 to 2 passes a step), 4 runs sharing the GPU at about twice one's
+#      throughput, about 20 s to start each run; fewer configurations if it must fit a hard limit.
+#      FLOPs do not depend on the machine: scripts/frontier.py flops, on the CPU.
 #   3. memory: peak CUDA memory allocated of SGD, SAM and SSAM-F steps on CIFAR ResNet-18 at batch
 #      128 with gradient accumulation k = 1, 2, 4, in the steady state: after a warm-up step that
 #      builds SSAM-F's mask (scripts/bench_memory.py; about a minute).
@@ -56,12 +60,14 @@ if [[ $STAGES == *" frontier "* ]]; then
 FRONTIER=outputs/frontier/fmnist_noisy_gpu
 FULL_SCALE=("dataset.root=$DATA" dataset.train_size=null dataset.test_size=null model=resnet18
     dataset.on_device=true trainer.num_workers=0 trainer.amp=bf16 trainer.channels_last=true)
-read -r -a SEEDS <<< "${FRONTIER_SEEDS:-0 1 2}"
-$PY scripts/frontier.py train --preset fmnist_noisy --seeds "${SEEDS[@]}" --jobs 4 --out "$FRONTIER" \
-    --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-3}" 2>&1 | tee "$RESULTS/frontier_sweep.log" \
-    || echo "some runs failed: the report lists them"
-$PY scripts/frontier.py bench --preset fmnist_noisy --out "$FRONTIER" --warmup 5 --repeats 20 \
-    --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-3}"
+read -r -a SEEDS <<< "${FRONTIER_SEEDS:-0 1}"
+read -r -a CONFIGS <<< "${FRONTIER_CONFIGS:-sgd sam ssam_f_s0.5_masked_norm looksam_k5 rst_p0.5 ae_sam esam \
+sam_on msam saf ssam_f_rst_p0.25 ssam_f_looksam_k5}"
+$PY scripts/frontier.py train --preset fmnist_noisy --configs "${CONFIGS[@]}" --seeds "${SEEDS[@]}" --jobs 4 \
+    --out "$FRONTIER" --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-8}" 2>&1 \
+    | tee "$RESULTS/frontier_sweep.log" || echo "some runs failed: the report lists them"
+$PY scripts/frontier.py bench --preset fmnist_noisy --configs "${CONFIGS[@]}" --out "$FRONTIER" --warmup 5 \
+    --repeats 20 --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-8}"
 cp "$FRONTIER/step_cost.json" "$RESULTS/"
 $PY scripts/frontier.py report --out "$FRONTIER" --csv "$RESULTS/frontier.csv" \
     --figure "$RESULTS/frontier.png" --markdown "$RESULTS/frontier.md"

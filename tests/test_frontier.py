@@ -474,3 +474,9 @@ def test_flops_weighs_a_switching_policys_two_steps_by_its_runs_share(tmp_path):
     # The Fisher mask's per-example passes come on top: its first mask and one refresh over 8 steps.
     assert results["ssam_f_rst_p0.25"]["flops_vs_sgd"] > 1.25
     assert results["ssam_f_rst_p0.25"]["share_from"] == "runs"
+
+
+def test_the_gpu_benchs_frontier_stage_names_configurations_that_exist():
+    script = (ROOT / "scripts" / "gpu_bench.sh").read_text()
+    default = script.split("FRONTIER_CONFIGS:-", 1)[1].split("}", 1)[0].replace("\\\n", " ").split()
+    assert len(default) == 12 and set(default) <= set(frontier.CONFIGS)
