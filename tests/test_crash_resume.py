@@ -35,9 +35,9 @@ TINY = [
     "epochs=2",
     "trainer.checkpoint_every_steps=1",
 ]
-# SGD and SSAM-D are killed and resumed by test_train_end_to_end.py (at an epoch's end).
+# SGD and SSAM-D are killed and resumed by test_train_end_to_end.py (at an epoch's end); SAM
+# here in fp16, which adds the loss scale to SAM's state.
 OPTIMIZERS = {
-    "sam": ["optimizer=sam"],
     "ssam_f": ["optimizer=ssam_f", "optimizer.num_samples=8"],
     # fp16's loss scale is part of the state: a resume must continue with the same scale.
     # float16 kernels are slow on a CPU: a quarter-width model, half the images, 16 steps an epoch.
