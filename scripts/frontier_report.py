@@ -212,18 +212,24 @@ def write_csv(rows: list[dict], path: Path) -> None:
             writer.writerow([_csv_cell(row[column], digits) for column, digits in CSV_COLUMNS.items()])
 
 
-def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
-    """Test accuracy at the best validation epoch (mean ± std) against step cost × SGD."""
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+# The figure's two panels: accuracy against each cost, the machine-independent one first.
+COST_AXES = (
+    ("flops_vs_sgd", "FLOPs per step (× SGD's; counted by FlopCounterMode, any machine)"),
+    ("step_cost_vs_sgd", "step cost (× SGD's step on this CPU; mask refreshes amortised in)"),
+)
+
+
+def plot_costs(axes, rows: list[dict], cost_column: str) -> None:
+    """One panel: test accuracy at the best validation epoch (mean ± std) against one cost."""
     by_name = {row["config"]: row for row in rows}
     for index, name in enumerate(REFERENCES):
         row = by_name.get(name)
         if row is not None and row["test_acc_at_best_val_mean"] is not None:
             mean = row["test_acc_at_best_val_mean"]
             axes.axhline(mean, color=f"C{index}", linestyle="--", label=f"{name.upper()} ({mean:.2f})")
-    axes.axvline(COST_LINE, color="grey", linestyle=":", label=f"{COST_LINE}× SGD's step")
+    axes.axvline(COST_LINE, color="grey", linestyle=":", label=f"{COST_LINE}× SGD's")
     for row in rows:
-        cost, mean = row["step_cost_vs_sgd"], row["test_acc_at_best_val_mean"]
+        cost, mean = row[cost_column], row["test_acc_at_best_val_mean"]
         if cost is None or mean is None:
             continue
         reference = row["config"] in REFERENCES
@@ -237,11 +243,18 @@ def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
             capsize=3,
         )
         axes.annotate(row["config"], (cost, mean), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    axes.set_xlabel("step cost (× SGD's step; mask refreshes amortised in)")
-    axes.set_ylabel("test accuracy at the best validation epoch (%)")
-    axes.set_title(title, fontsize=9)
     axes.legend(fontsize=8, loc="lower right")
     axes.grid(alpha=0.3)
+
+
+def plot_frontier(rows: list[dict], path: Path, title: str) -> None:
+    """Test accuracy at the best validation epoch against FLOPs and against CPU step cost, side by side."""
+    figure, panels = plt.subplots(1, len(COST_AXES), figsize=(14, 5.5), sharey=True)
+    for axes, (column, label) in zip(panels, COST_AXES):
+        plot_costs(axes, rows, column)
+        axes.set_xlabel(label)
+    panels[0].set_ylabel("test accuracy at the best validation epoch (%)")
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150)
@@ -418,7 +431,11 @@ def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, config
     rows = frontier_rows(summaries, step_cost, flops, benchmark=benchmark, tuned=tuned_configs(sweep))
     dataset = next(iter(summaries.values()))[0].get("dataset", "")
     write_csv(rows, csv_path)
-    plot_frontier(rows, figure, title=f"{benchmark or out.name} ({dataset}): accuracy against step cost")
+    plot_frontier(
+        rows,
+        figure,
+        title=f"{benchmark or out.name} ({dataset}): accuracy against FLOPs and against CPU step cost",
+    )
     table = markdown_table(rows, summaries, missing, step_cost, sweep)
     if markdown in (None, "-"):
         print(table, end="")
