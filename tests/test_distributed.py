@@ -69,6 +69,8 @@ REPLICA_RUNS = {
     "sam_on": ["optimizer=sam_on", "rho=0.5"],
     # Momentum-SAM's a = −ρ·v/‖v‖, from the momentum of the averaged gradients: alike everywhere.
     "msam": ["optimizer=msam", "rho=3"],
+    # LookSAM's g_v taken from SSAM-F's masked step: rank 0's mask, and g_v alike everywhere.
+    "ssam_f_looksam": ["optimizer=ssam_f_looksam", "optimizer.k=2", "optimizer.num_samples=8"],
     # fmnist_noisy's data under torchrun: label noise and a validation split, held on the device;
     # each process evaluates its shard of the split.
     "noisy_on_device": [
@@ -201,7 +203,7 @@ def test_weights_and_buffers_are_identical_on_both_processes_after_training(two_
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ssam_f", "ssam_d_local"])
+@pytest.mark.parametrize("name", ["ssam_f", "ssam_d_local", "ssam_f_looksam"])
 def test_sparse_masks_are_identical_on_both_processes(two_processes, name):
     first, second = reports(two_processes, name)
     assert first["masks"] is not None
