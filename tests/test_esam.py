@@ -22,7 +22,6 @@ from method_steps import (
     take_steps,
     tiny_mlp,
 )
-from runs import train
 from test_flops import mean_step_flops
 from test_host_syncs import count_host_reads
 from torch.func import functional_call
@@ -203,10 +202,3 @@ def test_an_esam_step_reads_the_device_once_besides_its_cpu_draw(monkeypatch):
 )
 def test_a_bad_or_undefined_esam_setting_is_refused_naming_it(override, message):
     assert refusal(["optimizer=esam", override]).startswith(message)
-
-
-@pytest.mark.slow
-def test_train_py_exits_2_on_a_bad_esam_setting(tmp_path):
-    result = train(tmp_path / "run", ["optimizer=esam", "optimizer.gamma=0"])
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "optimizer.gamma must be in (0, 1], got 0" in result.stderr + result.stdout

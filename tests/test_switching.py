@@ -19,7 +19,7 @@ from method_steps import (
     take_steps,
     tiny_mlp,
 )
-from runs import REPO, assert_kill_and_resume_is_bit_identical, train
+from runs import REPO, assert_kill_and_resume_is_bit_identical
 from test_host_syncs import count_host_reads
 
 from ssam.data.sampling import mixed_seed
@@ -213,14 +213,6 @@ def test_a_bad_or_undefined_switching_setting_is_refused_naming_it(name, overrid
     with pytest.raises(ConfigError) as error:
         validate_config(compose_with([f"optimizer={name}", override]))
     assert str(error.value).startswith(message)
-
-
-@pytest.mark.slow
-def test_train_py_refuses_an_undefined_switching_combination_with_exit_code_2(tmp_path):
-    result = train(tmp_path / "run", ["optimizer=ae_sam", "optimizer.bn_stats=descent"])
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert "error: optimizer=ae_sam needs optimizer.bn_stats=ascent or both" in result.stderr
-    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.slow
