@@ -3,10 +3,27 @@
 The optimizers import on their own, without Hydra, wandb or any data code:
 
     from ssam import SAM, SSAM, FisherMask, DynamicMask
+    from ssam import MomentumSAM                                # SAM along the momentum, one pass a step
     from ssam import TensorSelection, estimate_backward_cost   # whole-tensor masks, cost-aware
 """
 
-from ssam.optim import SAM, SSAM, DynamicMask, FisherMask, TensorSelection, estimate_backward_cost
+from ssam.optim import (
+    SAM,
+    SSAM,
+    DynamicMask,
+    FisherMask,
+    MomentumSAM,
+    TensorSelection,
+    estimate_backward_cost,
+)
 
-__all__ = ["SAM", "SSAM", "DynamicMask", "FisherMask", "TensorSelection", "estimate_backward_cost"]
+__all__ = [
+    "SAM",
+    "SSAM",
+    "DynamicMask",
+    "FisherMask",
+    "MomentumSAM",
+    "TensorSelection",
+    "estimate_backward_cost",
+]
 __version__ = "0.1.0"

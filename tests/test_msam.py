@@ -23,11 +23,12 @@ from method_steps import (
     tiny_mlp,
 )
 
+from ssam import MomentumSAM
 from ssam.train.loop import take_step
 from ssam.train.methods import METHODS, ignored_settings
-from ssam.train.msam import MomentumSAM
 from ssam.train.passes import NonFiniteError, Passes
 from ssam.train.precision import Precision
+from ssam.train.steps import training_step
 
 # Large beside SAM's 0.05 on these small models, as the authors' ρ = 3 is on theirs.
 RHO = 0.5
@@ -178,15 +179,17 @@ def backward_pass(model, optimizer, x, y) -> torch.Tensor:
     return loss
 
 
-@pytest.mark.parametrize("with_closure", [False, True])
-def test_momentum_sam_in_a_loop_of_one_s_own_takes_the_method_s_steps(with_closure):
+@pytest.mark.parametrize("form", ["climb and step", "closure", "training_step"])
+def test_momentum_sam_in_a_loop_of_one_s_own_takes_the_method_s_steps(form):
     data = batches(4, dtype=torch.float64)
     model = tiny_mlp()
     optimizer = MomentumSAM(model.parameters(), rho=RHO, lr=LR, momentum=MOMENTUM, weight_decay=5e-4)
     for x, y in data:
         the_pass = partial(backward_pass, model, optimizer, x, y)
-        if with_closure:
+        if form == "closure":
             optimizer.step(the_pass)
+        elif form == "training_step":
+            training_step(model, optimizer, x, y)
         else:
             optimizer.climb()
             the_pass()

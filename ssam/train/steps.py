@@ -16,12 +16,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ssam.optim import SAM
+from ssam.optim import SAM, MomentumSAM
 from ssam.train.distributed import SINGLE_PROCESS, Replicas
 from ssam.train.passes import ExtraLoss, NonFiniteError, Passes, PassFailed, StepResult
 from ssam.train.precision import FLOAT32, Precision
@@ -264,6 +264,15 @@ def guarded_step(
     return result
 
 
+def momentum_sam_step(
+    passes: Passes, optimizer: MomentumSAM, inputs: torch.Tensor, targets: torch.Tensor
+) -> StepResult:
+    """Momentum-SAM's step: climb to w + a along the momentum, one pass there, then back to w
+    and SGD's step; sharpness-aware when it climbed (not before the first step: no momentum)."""
+    climbed = optimizer.climb()
+    return replace(sgd_step(passes, optimizer, inputs, targets), sharpness_aware=climbed)
+
+
 def training_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -286,7 +295,8 @@ def training_step(
 
     For a SAM (or Sparse SAM) optimizer ``sharpness_aware_step``, or with
     ``sharpness_aware=False`` (late-phase SAM before its phase) a plain step of its base
-    optimizer; for any other optimizer ``sgd_step``. ``accumulate_steps`` = k splits every pass
+    optimizer; for a MomentumSAM its climb along the momentum, then ``sgd_step`` (SGD's with
+    ``sharpness_aware=False``); for any other optimizer ``sgd_step``. ``accumulate_steps`` = k splits every pass
     into k micro-batches whose gradients add up before the pass's gradient is used (see
     ``micro_batches``): the step is then the whole batch's, with the memory of B/k. ``bn_stats``
     says which pass updates the BatchNorm running statistics (``ascent``, the default, or
@@ -304,6 +314,14 @@ def training_step(
         return guarded_step(
             passes,
             lambda: sharpness_aware_step(passes, optimizer, inputs, targets, options),
+            optimizer=optimizer,
+            on_nonfinite=on_nonfinite,
+            abandon=optimizer.restore_weights,
+        )
+    if isinstance(optimizer, MomentumSAM) and sharpness_aware:
+        return guarded_step(
+            passes,
+            lambda: momentum_sam_step(passes, optimizer, inputs, targets),
             optimizer=optimizer,
             on_nonfinite=on_nonfinite,
             abandon=optimizer.restore_weights,
