@@ -3,7 +3,7 @@
 The optimizers import on their own, without Hydra, wandb or any data code:
 
     from ssam import SAM, SSAM, FisherMask, DynamicMask
-    from ssam import MomentumSAM                                # SAM along the momentum, one pass a step
+    from ssam import LookSAM, MomentumSAM     # SAM's gradient reused; SAM along the momentum
     from ssam import TensorSelection, estimate_backward_cost   # whole-tensor masks, cost-aware
 """
 
@@ -12,6 +12,7 @@ from ssam.optim import (
     SSAM,
     DynamicMask,
     FisherMask,
+    LookSAM,
     MomentumSAM,
     TensorSelection,
     estimate_backward_cost,
@@ -22,6 +23,7 @@ __all__ = [
     "SSAM",
     "DynamicMask",
     "FisherMask",
+    "LookSAM",
     "MomentumSAM",
     "TensorSelection",
     "estimate_backward_cost",

@@ -8,7 +8,10 @@ import torch
 from helpers import assert_bitwise_equal, batches, parameters_of, small_conv_net
 from hydra import compose, initialize_config_dir
 from method_steps import (
+    LR,
+    MOMENTUM,
     NORM_EPS,
+    RHO,
     ReferenceSGD,
     build_method,
     loss_gradient,
@@ -22,6 +25,7 @@ from method_steps import (
 from runs import REPO
 from test_host_syncs import count_host_reads
 
+from ssam import LookSAM
 from ssam.errors import ConfigError
 from ssam.train.precision import Precision
 from ssam.train.validate import validate_config
@@ -86,6 +90,24 @@ def test_looksam_with_k_1_is_sam_bit_for_bit():
     looksam = run_steps("looksam", data, k=1)
     sam = run_steps("sam", data)
     assert_bitwise_equal(parameters_of(looksam.model), parameters_of(sam.model))
+
+
+def test_looksam_in_a_loop_of_one_s_own_takes_the_method_s_steps():
+    data = batches(5, dtype=torch.float64)
+    model = tiny_mlp()
+    optimizer = LookSAM(model.parameters(), torch.optim.SGD, rho=RHO, alpha=ALPHA, lr=LR, momentum=MOMENTUM)
+    for index, (x, y) in enumerate(data):
+
+        def loss_at_the_weights(x=x, y=y):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+
+        loss_at_the_weights()
+        optimizer.step(loss_at_the_weights if index % 3 == 0 else None)
+    steps = run_steps("looksam", data, model=tiny_mlp(), k=3, alpha=ALPHA, weight_decay=0.0)
+    assert_bitwise_equal(parameters_of(model), parameters_of(steps.model))
 
 
 def test_looksam_climbs_every_k_th_step_of_its_phase_and_runs_the_passes_it_declares():

@@ -1,9 +1,10 @@
-"""SAM, Sparse SAM and Momentum-SAM optimizers, and the mask strategies of SSAM-F and SSAM-D
+"""SAM, Sparse SAM, LookSAM and Momentum-SAM optimizers, and the mask strategies of SSAM-F and SSAM-D
 (torch only)."""
 
 from ssam.optim.backward_cost import BackwardCost, estimate_backward_cost
 from ssam.optim.batchnorm import frozen_batchnorm_stats
 from ssam.optim.fisher import fisher_scores
+from ssam.optim.looksam import LookSAM
 from ssam.optim.masks import DynamicMask, FisherMask, active_count, global_topk_mask, mask_from_scores
 from ssam.optim.msam import MomentumSAM
 from ssam.optim.sam import SAM
@@ -17,6 +18,7 @@ __all__ = [
     "MomentumSAM",
     "DynamicMask",
     "FisherMask",
+    "LookSAM",
     "TensorSelection",
     "active_count",
     "estimate_backward_cost",

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import torch
 
+from ssam.optim.looksam import LookSAM
 from ssam.optim.ssam import SSAM, MaskStrategy
 from ssam.train.kinds import SettingValues, sparse_sam_options
-from ssam.train.looksam import LookSAM, LookSAMMethod
+from ssam.train.looksam import LookSAMMethod
 from ssam.train.sparse_sam import SSAMFMethod
 from ssam.train.switching import RandomSwitchingMethod
 
