@@ -17,7 +17,7 @@ python train.py optimizer=ssam_f_looksam sparsity=0.5 optimizer.k=5
 
 from __future__ import annotations
 
-import torch
+from typing import Any
 
 from ssam.optim.looksam import LookSAM
 from ssam.optim.ssam import SSAM, MaskStrategy
@@ -56,14 +56,8 @@ class FisherMaskedLookSAMMethod(LookSAMMethod, SSAMFMethod):
     settings = {**SSAMFMethod.settings, **LookSAMMethod.settings}
     metrics = _both(LookSAMMethod.metrics, SSAMFMethod.metrics)
 
+    optimizer_class = FisherMaskedLookSAM
+
     @classmethod
-    def build_optimizer(
-        cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
-    ) -> FisherMaskedLookSAM:
-        return FisherMaskedLookSAM(
-            params,
-            torch.optim.SGD,
-            alpha=values["alpha"],
-            decomposition=values["decomposition"],
-            **sparse_sam_options(cls.name, values, mask),
-        )
+    def perturbation_options(cls, values: SettingValues, mask: MaskStrategy | None) -> dict[str, Any]:
+        return sparse_sam_options(cls.name, values, mask)

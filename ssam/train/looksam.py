@@ -71,16 +71,24 @@ class LookSAMMethod(SharpnessAwareMethod):
             "g_v is taken against the whole batch's gradient, alike on every process",
         )
 
+    # A LookSAM whose SAM steps perturb otherwise (Sparse SAM's mask) changes these two, and keeps
+    # LookSAM's own settings.
+    optimizer_class: type[LookSAM] = LookSAM
+
+    @classmethod
+    def perturbation_options(cls, values: SettingValues, mask: MaskStrategy | None) -> dict[str, Any]:
+        return sam_options(values)
+
     @classmethod
     def build_optimizer(
         cls, params: list[torch.nn.Parameter], values: SettingValues, mask: MaskStrategy | None = None
     ) -> LookSAM:
-        return LookSAM(
+        return cls.optimizer_class(
             params,
             torch.optim.SGD,
             alpha=values["alpha"],
             decomposition=values["decomposition"],
-            **sam_options(values),
+            **cls.perturbation_options(values, mask),
         )
 
     def is_sharpness_aware(self, index: int) -> bool:
