@@ -3,6 +3,8 @@ that keeps both pytest-xdist workers busy to the end."""
 
 from collections import Counter
 
+import pytest
+
 import ssam.train.resolvers  # noqa: F401
 
 
@@ -17,3 +19,15 @@ def pytest_collection_modifyitems(items) -> None:
     worker busy for minutes after the other has run out of tests."""
     sizes = Counter(_group(item) for item in items)
     items.sort(key=lambda item: (0, -sizes[_group(item)], _group(item)) if _group(item) else (1, 0, ""))
+
+
+def pytest_runtest_setup(item) -> None:
+    """Under --dist loadgroup, pytest-xdist marks each grouped test's node ID with its group
+    ("...@group"), by which it schedules the group on one worker. If a release of pytest or xdist
+    stops that, the groups spread over the workers, each training the group's shared runs: fail."""
+    if getattr(item.config.option, "loadgroup", False) and _group(item) and "@" not in item.nodeid:
+        pytest.fail(
+            "--dist loadgroup did not group this test, marked xdist_group: this pytest and pytest-xdist "
+            "do not work together; install the versions pyproject.toml allows",
+            pytrace=False,
+        )
