@@ -6,7 +6,7 @@
         --tuned outputs/frontier/fmnist_noisy_tune/tuned.json --out outputs/frontier/fmnist_noisy
     python scripts/frontier.py bench --preset fmnist_noisy --out outputs/frontier/fmnist_noisy
     python scripts/frontier.py report --out outputs/frontier/fmnist_noisy --csv docs/frontier.csv \\
-        --figure docs/figures/frontier.png --markdown docs/frontier.md
+        --figure docs/figures/frontier_fmnist_noisy.png --markdown docs/frontier_fmnist_noisy.md
 
 Every configuration of the frontier is one entry of CONFIGS (Hydra overrides on top of
 ``experiment=<preset>``); ``--configs`` picks a subset, ``--set key=value ...`` adds overrides
@@ -46,9 +46,9 @@ to every run.
   otherwise on one repeated batch: its two kinds of step are counted, and weighed by its runs'
   share, as ``bench`` weighs them. It writes ``<out>/flops.json``, with each configuration's
   passes per step beside it (declared, or 1 + its runs' share).
-- ``report`` reads the runs' summary.json, step_cost.json, flops.json and sweep.json and writes the CSV,
-  the figure and a Markdown table (frontier_report.py); missing or unfinished runs are listed,
-  never dropped.
+- ``report`` reads the runs' summary.json, step_cost.json, flops.json and sweep.json and writes the
+  benchmark's rows of the CSV (those of the other benchmarks in it are kept), the figure and a
+  Markdown table (frontier_report.py); missing or unfinished runs are listed, never dropped.
 """
 
 from __future__ import annotations
@@ -747,7 +747,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     report_parser = commands.add_parser("report", help="the CSV, figure and Markdown table")
     report_parser.add_argument("--out", required=True)
     report_parser.add_argument("--csv", default="docs/frontier.csv")
-    report_parser.add_argument("--figure", default="docs/figures/frontier.png")
+    report_parser.add_argument("--figure", help="default: docs/figures/frontier_<benchmark>.png")
     report_parser.add_argument("--markdown", help="a file, or - (the default) for stdout")
     args = parser.parse_args(argv)
     if getattr(args, "jobs", 1) < 1:
@@ -771,7 +771,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "flops":
         flops(args)
     else:
-        report(Path(args.out), Path(args.csv), Path(args.figure), args.markdown, list(CONFIGS))
+        figure = Path(args.figure) if args.figure else None
+        report(Path(args.out), Path(args.csv), figure, args.markdown, list(CONFIGS))
     return 0
 
 

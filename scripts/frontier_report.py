@@ -203,11 +203,24 @@ def _csv_cell(value: float | str | bool | None, digits: int | None) -> str:
     return str(value) if digits is None else f"{value:.{digits}f}"
 
 
-def write_csv(rows: list[dict], path: Path) -> None:
+def write_csv(rows: list[dict], path: Path, benchmark: str | None) -> None:
+    """This benchmark's rows, after the other benchmarks' rows the CSV already holds: each
+    benchmark's report adds its own to one file, and a later report of it replaces them."""
+    others = []
+    if path.exists():
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames != list(CSV_COLUMNS):
+                raise SystemExit(
+                    f"error: {path} is not a frontier report's CSV (its columns: "
+                    f"{', '.join(reader.fieldnames or [])}); give --csv another file"
+                )
+            others = [row for row in reader if row["benchmark"] != (benchmark or "")]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(CSV_COLUMNS)
+        writer.writerows([row[column] for column in CSV_COLUMNS] for row in others)
         for row in rows:
             writer.writerow([_csv_cell(row[column], digits) for column, digits in CSV_COLUMNS.items()])
 
@@ -397,9 +410,10 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, configs: list[str]) -> None:
-    """The CSV, the figure and the Markdown table (a file, or stdout for None or "-") of the runs
-    under ``out``; ``configs`` are the frontier's, those with no runs listed as not run."""
+def report(out: Path, csv_path: Path, figure: Path | None, markdown: str | None, configs: list[str]) -> None:
+    """The CSV's rows of this benchmark, the figure (by default docs/figures/frontier_<benchmark>.png)
+    and the Markdown table (a file, or stdout for None or "-") of the runs under ``out``;
+    ``configs`` are the frontier's, those with no runs listed as not run."""
     sweep = read_json(out / "sweep.json")
     summaries, missing = collect_runs(out, sweep)
     if not summaries:
@@ -430,10 +444,10 @@ def report(out: Path, csv_path: Path, figure: Path, markdown: str | None, config
         missing.append("benchmark: no preset named in sweep.json or step_cost.json")
     rows = frontier_rows(summaries, step_cost, flops, benchmark=benchmark, tuned=tuned_configs(sweep))
     dataset = next(iter(summaries.values()))[0].get("dataset", "")
-    write_csv(rows, csv_path)
+    write_csv(rows, csv_path, benchmark)
     plot_frontier(
         rows,
-        figure,
+        figure or Path("docs/figures") / f"frontier_{benchmark or out.name}.png",
         title=f"{benchmark or out.name} ({dataset}): accuracy against FLOPs and against CPU step cost",
     )
     table = markdown_table(rows, summaries, missing, step_cost, sweep)

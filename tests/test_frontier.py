@@ -183,6 +183,32 @@ def test_report_lists_unfinished_never_started_and_unvalidated_runs(frontier_out
     assert "- sgd" not in missing
 
 
+def test_each_benchmarks_report_keeps_the_others_rows_in_the_csv_and_replaces_its_own(frontier_out, tmp_path):
+    other = [{**row, "benchmark": "fmnist_clean", "n": "9"} for row in run_report(frontier_out, tmp_path)[0]]
+    with open(tmp_path / "frontier.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(frontier_report.CSV_COLUMNS))
+        writer.writeheader()
+        writer.writerows([*other, {**other[0], "benchmark": PRESET, "n": "1"}])  # a former report of it
+    rows = run_report(frontier_out, tmp_path)[0]
+    assert rows[: len(other)] == other
+    assert [row["n"] for row in rows[len(other) :]] == ["3", "2", "1", "3"]
+    assert {row["benchmark"] for row in rows[len(other) :]} == {PRESET}
+
+
+def test_report_refuses_a_csv_of_other_columns_and_leaves_it_as_it_was(frontier_out, tmp_path):
+    foreign = tmp_path / "frontier.csv"
+    foreign.write_text("config,n\nsgd,5\n")
+    with pytest.raises(SystemExit, match="not a frontier report's CSV"):
+        run_report(frontier_out, tmp_path)
+    assert foreign.read_text() == "config,n\nsgd,5\n"
+
+
+def test_report_names_its_figure_after_the_benchmark_by_default(frontier_out, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert frontier.main(["report", "--out", str(frontier_out), "--csv", "frontier.csv"]) == 0
+    assert (tmp_path / "docs" / "figures" / f"frontier_{PRESET}.png").exists()
+
+
 def test_report_writes_the_figure_as_png(frontier_out, tmp_path):
     run_report(frontier_out, tmp_path)
     assert (tmp_path / "figures" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
