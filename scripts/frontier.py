@@ -746,6 +746,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_runs_options(flops_parser)
     report_parser = commands.add_parser("report", help="the CSV, figure and Markdown table")
     report_parser.add_argument("--out", required=True)
+    report_parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=list(CONFIGS),
+        choices=list(CONFIGS),
+        metavar="CONFIG",
+        help="the configurations run: those without runs are listed as not run",
+    )
     report_parser.add_argument("--csv", default="docs/frontier.csv")
     report_parser.add_argument("--figure", help="default: docs/figures/frontier_<benchmark>.png")
     report_parser.add_argument("--markdown", help="a file, or - (the default) for stdout")
@@ -772,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
         flops(args)
     else:
         figure = Path(args.figure) if args.figure else None
-        report(Path(args.out), Path(args.csv), figure, args.markdown, list(CONFIGS))
+        report(Path(args.out), Path(args.csv), figure, args.markdown, args.configs)
     return 0
 
 

@@ -209,6 +209,15 @@ def test_report_names_its_figure_after_the_benchmark_by_default(frontier_out, tm
     assert (tmp_path / "docs" / "figures" / f"frontier_{PRESET}.png").exists()
 
 
+def test_report_lists_as_not_run_only_the_configurations_it_is_given(frontier_out, tmp_path):
+    arguments = ["report", "--out", str(frontier_out), "--csv", str(tmp_path / "frontier.csv")]
+    arguments += ["--figure", str(tmp_path / "frontier.png"), "--markdown", str(tmp_path / "frontier.md")]
+    assert frontier.main([*arguments, "--configs", "sgd", "sam", "ssam_f_s0.5", "rst_p0.25"]) == 0
+    missing = (tmp_path / "frontier.md").read_text().split("Missing or unfinished runs:")[1]
+    assert "- rst_p0.25: not run" in missing
+    assert "late_sam_0.5" not in missing
+
+
 def test_report_writes_the_figure_as_png(frontier_out, tmp_path):
     run_report(frontier_out, tmp_path)
     assert (tmp_path / "figures" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
