@@ -8,8 +8,10 @@ epoch and of the final test accuracy, the step cost × SGD's (step_cost.json), F
 kept, (acc − SGD) / (SAM − SGD), and the paired differences to SGD and to SAM: the mean and
 standard error of acc_s − ref_s over the seeds s both have (run s of every configuration starts
 from the same weights and draws its batches in the same order, so what the runs share cancels out
-of the difference). Missing runs, unfinished ones and summaries without test_acc_at_best_val are
-listed, never dropped.
+of the difference), and the cost axes on whose frontier the configuration lies (no other is as
+cheap and at least as accurate, in the means). A line names the configurations that meet the
+target, 90% of SAM's gain at no more than 1.25× SGD's FLOPs or CPU step cost. Missing runs,
+unfinished ones and summaries without test_acc_at_best_val are listed, never dropped.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REFERENCES = ("sgd", "sam")
 COST_LINE = 1.25  # the cost the frontier is judged at, × SGD's step
+TARGET_GAIN = 0.9  # the share of SAM's gain over SGD to keep at that cost
 # A difference counts as measured at this many standard errors.
 RESOLVING_SES = 3
 # The CSV's columns in order, each with the decimals its numbers are written with (None: as they are).
@@ -195,6 +198,44 @@ def paired_difference(row: dict, reference: dict | None) -> PairedDifference | N
     return PairedDifference(mean, standard_error, len(differences))
 
 
+def undominated(rows: list[dict], cost_column: str) -> list[str]:
+    """The configurations on the frontier of mean accuracy against one cost: those that no other
+    configuration matches or beats in both, and beats in one. Means only: a configuration off it by
+    less than the noise is off it all the same, so read it with the paired differences."""
+
+    def point(row: dict) -> tuple[float, float] | None:
+        cost, accuracy = row[cost_column], row["test_acc_at_best_val_mean"]
+        return None if cost is None or accuracy is None else (cost, accuracy)
+
+    points = {row["config"]: point(row) for row in rows if point(row) is not None}
+
+    def dominated(cost: float, accuracy: float) -> bool:
+        return any((c <= cost and a >= accuracy) and (c < cost or a > accuracy) for c, a in points.values())
+
+    return [name for name, (cost, accuracy) in points.items() if not dominated(cost, accuracy)]
+
+
+def target_line(rows: list[dict], sgd: dict | None, sam: dict | None) -> str:
+    """The configurations that keep TARGET_GAIN of SAM's gain at no more than COST_LINE × SGD's
+    cost, in FLOPs and in CPU step cost."""
+    parts = []
+    for column, name in (("flops_vs_sgd", "FLOPs"), ("step_cost_vs_sgd", "CPU step cost")):
+        meeting = [
+            row["config"]
+            for row in rows
+            if row[column] is not None
+            and row[column] <= COST_LINE
+            and (gain := sam_gain_kept(row, sgd, sam)) is not None
+            and gain >= TARGET_GAIN
+            and row["config"] not in REFERENCES
+        ]
+        parts.append(f"in {name}: {', '.join(meeting) or 'none'}")
+    return (
+        f"Target (at least {TARGET_GAIN:.0%} of SAM's gain at no more than {COST_LINE}× SGD's cost, "
+        f"in the means): {'; '.join(parts)}."
+    )
+
+
 def _csv_cell(value: float | str | bool | None, digits: int | None) -> str:
     if value is None:
         return ""
@@ -341,6 +382,7 @@ def header_lines(
         label_noise_line(summaries),
         radius_line(rows),
         resolution_line(by_name.get("sgd"), by_name.get("sam")),
+        target_line(rows, by_name.get("sgd"), by_name.get("sam")),
     ]
     if step_cost is not None:
         lines.append(
@@ -382,9 +424,14 @@ def markdown_table(
         *header_lines(rows, summaries, step_cost, sweep),
         "",
         "| config | benchmark | n | ρ | test acc at best val | final test acc | step cost × SGD "
-        "| FLOPs × SGD | run time × SGD | SAM's gain kept | Δ to SGD (paired) | Δ to SAM (paired) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FLOPs × SGD | run time × SGD | SAM's gain kept | Δ to SGD (paired) | Δ to SAM (paired) "
+        "| on the frontier |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    frontiers = {
+        name: undominated(rows, column)
+        for column, name in (("flops_vs_sgd", "FLOPs"), ("step_cost_vs_sgd", "CPU"))
+    }
 
     def cell(mean: float | None, std: float | None) -> str:
         if mean is None:
@@ -403,7 +450,8 @@ def markdown_table(
             f"| {cell(row['final_test_acc_mean'], row['final_test_acc_std'])} "
             f"| {ratio(row['step_cost_vs_sgd'])} | {ratio(row['flops_vs_sgd'])} "
             f"| {ratio(row['run_time_vs_sgd'])} | {'—' if gain is None else f'{gain:.2f}'} "
-            f"| {paired_cell(row, sgd)} | {paired_cell(row, sam)} |"
+            f"| {paired_cell(row, sgd)} | {paired_cell(row, sam)} "
+            f"| {', '.join(name for name, on in frontiers.items() if row['config'] in on) or '—'} |"
         )
     lines += ["", "Missing or unfinished runs:" if missing else "Missing or unfinished runs: none."]
     lines += [f"- {line}" for line in missing]

@@ -136,13 +136,13 @@ def test_report_markdown_has_sams_gain_kept_and_the_paired_differences(frontier_
     # Gain kept (88 − 82) / (90 − 82) = 0.75; per seed, SSAM − SGD = 6, 8 and SSAM − SAM = −3, 0:
     # mean ± s/√2 = 7 ± 1 and −1.5 ± 1.5. SAM − SGD = 9, 8, 7: 8 ± 1/√3.
     ssam = "| ssam_f_s0.5 | fmnist_noisy | 2 | 0.1 | 88.00 ± 2.83 | 87.00 ± 2.83 | 1.200 | 1.500 "
-    ssam += "| 1.600 | 0.75 | +7.00 ± 1.00 | -1.50 ± 1.50 |"
+    ssam += "| 1.600 | 0.75 | +7.00 ± 1.00 | -1.50 ± 1.50 | FLOPs, CPU |"
     sgd = "| sgd | fmnist_noisy | 3 | — | 82.00 ± 2.00 | 81.00 ± 2.00 | 1.000 | 1.000 | 1.000 "
-    sgd += "| 0.00 | — | -8.00 ± 0.58 |"
+    sgd += "| 0.00 | — | -8.00 ± 0.58 | FLOPs, CPU |"
     sam = "| sam | fmnist_noisy | 3 | 0.2 (tuned) | 90.00 ± 1.00 | 89.00 ± 1.00 | 2.000 | 2.000 "
-    sam += "| 2.100 | 1.00 | +8.00 ± 0.58 | — |"
+    sam += "| 2.100 | 1.00 | +8.00 ± 0.58 | — | FLOPs, CPU |"
     tensor = "| ssam_f_tensor_s0.5 | fmnist_noisy | 1 | 0.1 | missing | 83.00 | 1.500 | missing "
-    tensor += "| 1.200 | — | — | — |"
+    tensor += "| 1.200 | — | — | — | — |"
     lines = markdown.splitlines()
     assert {ssam, sgd, sam, tensor} <= set(lines)
     assert lines.index(sgd) < lines.index(sam)  # sorted by step cost
@@ -157,6 +157,38 @@ def test_report_header_gives_the_resolvable_difference_the_label_noise_and_the_t
     assert "+8.00 ± 0.58 over 3 seeds" in header
     assert "dataset.label_noise_seed = 0 in every run, fixed rather than following the seed" in header
     assert "by `frontier.py tune` (tuned.json) for sam;" in header
+
+
+def cost_row(config: str, accuracy: float | None, flops: float | None, step_cost: float | None) -> dict:
+    return {
+        "config": config,
+        "test_acc_at_best_val_mean": accuracy,
+        "flops_vs_sgd": flops,
+        "step_cost_vs_sgd": step_cost,
+    }
+
+
+def test_the_frontier_is_the_configurations_no_other_matches_or_beats_in_cost_and_accuracy():
+    rows = [
+        cost_row("sgd", 60.0, 1.0, 1.0),
+        cost_row("cheap", 66.0, 1.2, 1.5),  # on it in FLOPs; in CPU cost `late` is as cheap and better
+        cost_row("late", 68.0, 1.5, 1.5),
+        cost_row("tie", 68.0, 1.6, 1.4),  # in FLOPs, `late` is as accurate and cheaper
+        cost_row("sam", 70.0, 2.0, 2.0),
+        cost_row("worse", 65.0, 2.0, 2.0),
+        cost_row("unmeasured", 99.0, None, None),
+    ]
+    assert frontier_report.undominated(rows, "flops_vs_sgd") == ["sgd", "cheap", "late", "sam"]
+    assert frontier_report.undominated(rows, "step_cost_vs_sgd") == ["sgd", "tie", "sam"]
+
+
+def test_the_target_line_names_who_keeps_90_percent_of_sams_gain_at_125_times_sgds_cost():
+    sgd, sam = cost_row("sgd", 60.0, 1.0, 1.0), cost_row("sam", 70.0, 2.0, 2.0)
+    rows = [sgd, sam, cost_row("a", 69.0, 1.25, 1.3), cost_row("b", 68.9, 1.1, 1.1)]
+    assert frontier_report.target_line(rows, sgd, sam) == (
+        "Target (at least 90% of SAM's gain at no more than 1.25× SGD's cost, in the means): "
+        "in FLOPs: a; in CPU step cost: none."
+    )
 
 
 def test_paired_difference_is_taken_over_the_seeds_both_configurations_have():
