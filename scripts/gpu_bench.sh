@@ -61,7 +61,7 @@ FRONTIER=outputs/frontier/fmnist_noisy_gpu
 FULL_SCALE=("dataset.root=$DATA" dataset.train_size=null dataset.test_size=null model=resnet18
     dataset.on_device=true trainer.num_workers=0 trainer.amp=bf16 trainer.channels_last=true)
 read -r -a SEEDS <<< "${FRONTIER_SEEDS:-0 1}"
-read -r -a CONFIGS <<< "${FRONTIER_CONFIGS:-sgd sam ssam_f_s0.5_masked_norm looksam_k5 rst_p0.5 ae_sam esam \
+read -r -a CONFIGS <<< "${FRONTIER_CONFIGS:-sgd sam ssam_f_s0.5_masked_norm looksam_k5 rst_p0.25 ae_sam esam \
 sam_on msam saf ssam_f_rst_p0.25 ssam_f_looksam_k5}"
 $PY scripts/frontier.py train --preset fmnist_noisy --configs "${CONFIGS[@]}" --seeds "${SEEDS[@]}" --jobs 4 \
     --out "$FRONTIER" --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-8}" 2>&1 \
@@ -69,7 +69,7 @@ $PY scripts/frontier.py train --preset fmnist_noisy --configs "${CONFIGS[@]}" --
 $PY scripts/frontier.py bench --preset fmnist_noisy --configs "${CONFIGS[@]}" --out "$FRONTIER" --warmup 5 \
     --repeats 20 --set "${FULL_SCALE[@]}" "epochs=${FRONTIER_EPOCHS:-8}"
 cp "$FRONTIER/step_cost.json" "$RESULTS/"
-$PY scripts/frontier.py report --out "$FRONTIER" --csv "$RESULTS/frontier.csv" \
+$PY scripts/frontier.py report --out "$FRONTIER" --configs "${CONFIGS[@]}" --csv "$RESULTS/frontier.csv" \
     --figure "$RESULTS/frontier.png" --markdown "$RESULTS/frontier.md"
 fi
 
