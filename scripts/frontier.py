@@ -221,7 +221,8 @@ class Run:
 def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
     """Every run not already finished as asked, ``jobs`` at once, each with cores / jobs torch
     threads and its output in its train.log; appends ``invocation``, with the wall time of each run
-    and of the whole, to <out>/sweep.json. Returns the number of failed runs."""
+    and of the whole, to <out>/sweep.json, rewritten after every run (``finished`` once all have
+    run). Returns the number of failed runs."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
@@ -238,12 +239,28 @@ def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
         return {**record, "returncode": returncode, "wall_s": time.perf_counter() - started, "skipped": False}
 
     started = time.perf_counter()
-    results = []
+    results: list[dict] = []
+    record_path = out / "sweep.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
+    entry = {**invocation, "jobs": jobs, "threads_per_run": threads, "finished": False}
+    record["invocations"].append(entry)
+
+    def save_record() -> None:
+        # After every run, so that a sweep killed part-way still records the runs it finished.
+        entry["wall_s"] = time.perf_counter() - started
+        entry["runs"] = sorted(results, key=lambda run: (run["config"], run["seed"]))
+        out.mkdir(parents=True, exist_ok=True)
+        temporary = record_path.with_name(f".{record_path.name}.tmp")
+        temporary.write_text(json.dumps(record, indent=2))
+        os.replace(temporary, record_path)
+
+    save_record()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(launch, run) for run in runs]
         for done, future in enumerate(as_completed(futures), start=1):
             result = future.result()
             results.append(result)
+            save_record()
             folder = run_dir(out, result["config"], result["seed"])
             if result["returncode"] == 0:
                 summary = json.loads((folder / "summary.json").read_text())
@@ -258,22 +275,10 @@ def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
                 f"{result['wall_s']:.1f} s, {status}",
                 flush=True,
             )
-    record_path = out / "sweep.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
-    record["invocations"].append(
-        {
-            **invocation,
-            "jobs": jobs,
-            "threads_per_run": threads,
-            "wall_s": time.perf_counter() - started,
-            "runs": sorted(results, key=lambda run: (run["config"], run["seed"])),
-        }
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    record_path.write_text(json.dumps(record, indent=2))
+    entry["finished"] = True
+    save_record()
     failed = sum(result["returncode"] != 0 for result in results)
-    wall_s = record["invocations"][-1]["wall_s"]
-    print(f"{len(runs) - failed} of {len(runs)} runs finished; wall time {wall_s:.1f} s")
+    print(f"{len(runs) - failed} of {len(runs)} runs finished; wall time {entry['wall_s']:.1f} s")
     return failed
 
 

@@ -405,6 +405,33 @@ def test_train_with_tuned_appends_each_chosen_radius_override(tmp_path, no_train
     assert invocation["tuned"] == {"sam": ["rho=0.2"]}  # ssam_f_s0.5 was not asked for
 
 
+def test_a_sweep_stopped_part_way_has_recorded_the_runs_it_finished(tmp_path, monkeypatch):
+    ran = []
+
+    def first_run_then_stopped(command, **_):
+        if ran:
+            raise KeyboardInterrupt
+        ran.append(command)
+        return subprocess.CompletedProcess(command, returncode=1)
+
+    monkeypatch.setattr(frontier.subprocess, "run", first_run_then_stopped)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        frontier.main(["train", "--configs", "sgd", "--seeds", "0", "1", "--out", str(out)])
+    invocation = json.loads((out / "sweep.json").read_text())["invocations"][0]
+    assert invocation["finished"] is False
+    assert [(run["seed"], run["returncode"]) for run in invocation["runs"]] == [(0, 1)]
+
+
+def test_a_finished_sweep_says_so_and_a_second_is_appended(tmp_path, no_training):
+    out = tmp_path / "out"
+    for _ in range(2):
+        frontier.main(["train", "--configs", "sgd", "--seeds", "0", "--out", str(out)])
+    invocations = json.loads((out / "sweep.json").read_text())["invocations"]
+    assert [invocation["finished"] for invocation in invocations] == [True, True]
+    assert [len(invocation["runs"]) for invocation in invocations] == [1, 1]
+
+
 def test_train_refuses_a_tuned_json_without_a_radius_for_a_configuration(tmp_path, no_training):
     tuned = write_tuned(tmp_path / "tuned.json", {"sam": None})
     with pytest.raises(SystemExit, match="chose no radius for sam"):
