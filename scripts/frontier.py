@@ -22,8 +22,8 @@ to every run.
   on seeds of its own, every value of the configuration's grid (RADIUS_GRIDS: at least 3 values
   spanning its untuned radius) in ``<out>/<config>/<key>=<value>/seed=<seed>``, and writes
   ``<out>/tuned.json``: the grid, each value's best validation accuracy (summary.json's
-  ``best_val_acc``) per seed, and the value with the best mean, the smaller on a tie. Test
-  accuracy is never read.
+  ``best_val_acc``) per seed, and the value with the best mean, the smaller on a tie, and the same
+  as a Markdown table in ``<out>/tuned.md``. Test accuracy is never read.
 - ``bench`` measures each configuration's step cost relative to SGD in one process, on the
   preset's own model, batch and data, built by the trainer's builders: the configurations take
   turns each repeat, and the median is kept. It times the two kinds of step a method takes, its
@@ -67,7 +67,7 @@ from pathlib import Path
 
 import torch
 from bench_step import interleaved_times
-from frontier_report import report
+from frontier_report import report, tuning_table
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
@@ -426,6 +426,7 @@ def tune(args: argparse.Namespace) -> int:
         "configs": configs,
     }
     (out / "tuned.json").write_text(json.dumps(record, indent=2))
+    (out / "tuned.md").write_text(tuning_table(record))
     return failed
 
 

@@ -458,6 +458,32 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
+def tuning_table(tuned: dict) -> str:
+    """tuned.json as Markdown: per configuration, the knob, every value tried with its mean best
+    validation accuracy and each seed's, and the value chosen (— while runs are missing)."""
+    seeds = ", ".join(map(str, tuned["seeds"]))
+    lines = [
+        f"Tuning on {tuned['preset']}, seeds {seeds}: best validation accuracy (%) at each value, mean "
+        f"(seed {seeds}); chosen: {tuned['selection']}.",
+        "",
+        "| config | knob | values tried | chosen |",
+        "|---|---|---|---|",
+    ]
+
+    def tried_cell(entry: dict) -> str:
+        by_seed = ", ".join(
+            "missing" if acc is None else f"{acc:.2f}" for acc in entry["best_val_acc"].values()
+        )
+        mean = entry["mean_best_val_acc"]
+        return f"{entry['value']:g}: {'missing' if mean is None else f'{mean:.2f}'} ({by_seed})"
+
+    for config, entry in tuned["configs"].items():
+        chosen = "—" if entry["chosen"] is None else f"{entry['chosen']:g}"
+        tried = "; ".join(tried_cell(value) for value in entry["tried"])
+        lines.append(f"| {config} | {entry['key']} | {tried} | {chosen} |")
+    return "\n".join(lines) + "\n"
+
+
 def report(out: Path, csv_path: Path, figure: Path | None, markdown: str | None, configs: list[str]) -> None:
     """The CSV's rows of this benchmark, the figure (by default docs/figures/frontier_<benchmark>.png)
     and the Markdown table (a file, or stdout for None or "-") of the runs under ``out``;

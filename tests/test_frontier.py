@@ -341,6 +341,21 @@ def test_tune_runs_a_missing_grid_run_and_chooses_nothing_while_it_is_missing(tu
     assert tuned["configs"]["ssam_f_s0.5"]["chosen"] == 0.05
 
 
+def test_tuned_md_tables_every_value_tried_and_the_choice(tune_out, no_training):
+    (tune_out / "sam" / "rho=0.2" / "seed=101" / "summary.json").unlink()
+    run_tune(tune_out)
+    lines = (tune_out / "tuned.md").read_text().splitlines()
+    assert lines[0].startswith("Tuning on fmnist_noisy, seeds 100, 101: best validation accuracy")
+    assert (
+        "| sam | rho | 0.05: 41.00 (40.00, 42.00); 0.1: 44.00 (44.00, 44.00); 0.2: missing (43.00, missing) | — |"
+        in lines
+    )
+    assert (
+        "| ssam_f_s0.5 | rho | 0.05: 42.00 (41.80, 42.20); 0.1: 42.00 (42.00, 42.00); 0.2: 41.00 (41.00, 41.00) | 0.05 |"
+        in lines
+    )
+
+
 def test_tune_refuses_a_configuration_without_a_radius(tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         frontier.main(["tune", "--configs", "sgd", "--out", str(tmp_path)])
