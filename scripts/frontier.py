@@ -257,29 +257,38 @@ def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
     save_record()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(launch, run) for run in runs]
-        for done, future in enumerate(as_completed(futures), start=1):
-            result = future.result()
-            results.append(result)
-            save_record()
-            folder = run_dir(out, result["config"], result["seed"])
-            if result["returncode"] == 0:
-                summary = json.loads((folder / "summary.json").read_text())
-                status = "already finished, " if result["skipped"] else ""
-                status += f"final_test_acc {summary['final_test_acc']:.2f}"
-                if "test_acc_at_best_val" in summary:
-                    status += f", test_acc_at_best_val {summary['test_acc_at_best_val']:.2f}"
-            else:
-                status = f"FAILED (exit {result['returncode']}), see {folder / 'train.log'}"
-            print(
-                f"[{done}/{len(runs)}] {result['config']} seed={result['seed']}: "
-                f"{result['wall_s']:.1f} s, {status}",
-                flush=True,
-            )
+        try:
+            for done, future in enumerate(as_completed(futures), start=1):
+                result = future.result()
+                results.append(result)
+                save_record()
+                report_run(out, result, done, len(runs))
+        except BaseException:
+            # Stopped (Ctrl-C) or failed: start no more runs; those running finish or stop with it.
+            pool.shutdown(cancel_futures=True)
+            raise
     entry["finished"] = True
     save_record()
     failed = sum(result["returncode"] != 0 for result in results)
     print(f"{len(runs) - failed} of {len(runs)} runs finished; wall time {entry['wall_s']:.1f} s")
     return failed
+
+
+def report_run(out: Path, result: dict, done: int, total: int) -> None:
+    """One console line for a run that ended: its wall time and accuracies, or where its log is."""
+    folder = run_dir(out, result["config"], result["seed"])
+    if result["returncode"] == 0:
+        summary = json.loads((folder / "summary.json").read_text())
+        status = "already finished, " if result["skipped"] else ""
+        status += f"final_test_acc {summary['final_test_acc']:.2f}"
+        if "test_acc_at_best_val" in summary:
+            status += f", test_acc_at_best_val {summary['test_acc_at_best_val']:.2f}"
+    else:
+        status = f"FAILED (exit {result['returncode']}), see {folder / 'train.log'}"
+    print(
+        f"[{done}/{total}] {result['config']} seed={result['seed']}: {result['wall_s']:.1f} s, {status}",
+        flush=True,
+    )
 
 
 def tuned_overrides(path: Path, preset: str, extra: list[str], configs: list[str]) -> dict[str, list[str]]:

@@ -8,8 +8,8 @@ epoch and of the final test accuracy, the step cost × SGD's (step_cost.json), F
 kept, (acc − SGD) / (SAM − SGD), and the paired differences to SGD and to SAM: the mean and
 standard error of acc_s − ref_s over the seeds s both have (run s of every configuration starts
 from the same weights and draws its batches in the same order, so what the runs share cancels out
-of the difference), and the cost axes on whose frontier the configuration lies (no other is as
-cheap and at least as accurate, in the means). A line names the configurations that meet the
+of the difference), and the cost axes on whose frontier the configuration lies (no other is at least as
+cheap and as accurate and better in one, in the means). A line names the configurations that meet the
 target, 90% of SAM's gain at no more than 1.25× SGD's FLOPs or CPU step cost. Missing runs,
 unfinished ones and summaries without test_acc_at_best_val are listed, never dropped.
 """
@@ -217,23 +217,27 @@ def undominated(rows: list[dict], cost_column: str) -> list[str]:
 
 def target_line(rows: list[dict], sgd: dict | None, sam: dict | None) -> str:
     """The configurations that keep TARGET_GAIN of SAM's gain at no more than COST_LINE × SGD's
-    cost, in FLOPs and in CPU step cost."""
+    cost, in FLOPs and in CPU step cost; unknown where there is no gain to keep or no cost."""
+    head = f"Target (at least {TARGET_GAIN:.0%} of SAM's gain at no more than {COST_LINE}× SGD's cost, in the means)"
+    means = [None if row is None else row["test_acc_at_best_val_mean"] for row in (sgd, sam)]
+    if None in means or means[1] <= means[0]:
+        return f"{head}: unknown, as SAM has no gain over SGD here (or one of them has no runs)."
     parts = []
     for column, name in (("flops_vs_sgd", "FLOPs"), ("step_cost_vs_sgd", "CPU step cost")):
+        if all(row[column] is None for row in rows if row["config"] not in REFERENCES):
+            parts.append(f"in {name}: unknown (not measured)")
+            continue
         meeting = [
             row["config"]
             for row in rows
-            if row[column] is not None
+            if row["config"] not in REFERENCES
+            and row[column] is not None
             and row[column] <= COST_LINE
             and (gain := sam_gain_kept(row, sgd, sam)) is not None
-            and gain >= TARGET_GAIN
-            and row["config"] not in REFERENCES
+            and gain >= TARGET_GAIN - 1e-9  # the float quotient of an exact 90% may fall short of 0.9
         ]
         parts.append(f"in {name}: {', '.join(meeting) or 'none'}")
-    return (
-        f"Target (at least {TARGET_GAIN:.0%} of SAM's gain at no more than {COST_LINE}× SGD's cost, "
-        f"in the means): {'; '.join(parts)}."
-    )
+    return f"{head}: {'; '.join(parts)}."
 
 
 def _csv_cell(value: float | str | bool | None, digits: int | None) -> str:
@@ -251,7 +255,7 @@ def write_csv(rows: list[dict], path: Path, benchmark: str | None) -> None:
     if path.exists():
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
-            if reader.fieldnames != list(CSV_COLUMNS):
+            if reader.fieldnames is not None and reader.fieldnames != list(CSV_COLUMNS):
                 raise SystemExit(
                     f"error: {path} is not a frontier report's CSV (its columns: "
                     f"{', '.join(reader.fieldnames or [])}); give --csv another file"
@@ -392,7 +396,11 @@ def header_lines(
         )
     if sweep is not None:
         wall = sum(invocation["wall_s"] for invocation in sweep["invocations"])
-        lines.append(f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s).")
+        stopped = sum(not invocation.get("finished", True) for invocation in sweep["invocations"])
+        lines.append(
+            f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s)"
+            + (f", {stopped} of them stopped before all their runs had run." if stopped else ".")
+        )
     return lines
 
 

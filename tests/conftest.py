@@ -25,9 +25,10 @@ def pytest_runtest_setup(item) -> None:
     """Under --dist loadgroup, pytest-xdist marks each grouped test's node ID with its group
     ("...@group"), by which it schedules the group on one worker. If a release of pytest or xdist
     stops that, the groups spread over the workers, each training the group's shared runs: fail."""
-    if getattr(item.config.option, "loadgroup", False) and _group(item) and "@" not in item.nodeid:
+    group = _group(item)
+    if getattr(item.config.option, "loadgroup", False) and group and not item.nodeid.endswith(f"@{group}"):
         pytest.fail(
-            "--dist loadgroup did not group this test, marked xdist_group: this pytest and pytest-xdist "
-            "do not work together; install the versions pyproject.toml allows",
+            f"--dist loadgroup did not mark this test with its group ({group}) as pytest-xdist 3.8 does: "
+            "install the pytest and pytest-xdist versions pyproject.toml allows",
             pytrace=False,
         )

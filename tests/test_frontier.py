@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,23 @@ def test_the_target_line_names_who_keeps_90_percent_of_sams_gain_at_125_times_sg
     assert frontier_report.target_line(rows, sgd, sam) == (
         "Target (at least 90% of SAM's gain at no more than 1.25× SGD's cost, in the means): "
         "in FLOPs: a; in CPU step cost: none."
+    )
+
+
+def test_the_target_is_unknown_where_sam_gains_nothing_over_sgd_or_a_cost_is_unmeasured():
+    sgd, sam = cost_row("sgd", 70.0, 1.0, 1.0), cost_row("sam", 68.0, 2.0, 2.0)
+    worse = cost_row("worse", 66.0, 1.1, 1.1)  # (66 − 70) / (68 − 70) = 2 "of the gain"
+    assert "unknown, as SAM has no gain over SGD" in frontier_report.target_line([sgd, sam, worse], sgd, sam)
+    sam = cost_row("sam", 80.0, 2.0, 2.0)
+    line = frontier_report.target_line([sgd, sam, cost_row("a", 79.0, None, 1.2)], sgd, sam)
+    assert line.endswith("in FLOPs: unknown (not measured); in CPU step cost: a.")
+
+
+def test_a_gain_of_exactly_90_percent_meets_the_target_whatever_the_float_quotient():
+    sgd, sam = cost_row("sgd", 82.3, 1.0, 1.0), cost_row("sam", 84.3, 2.0, 2.0)
+    edge = cost_row("edge", 84.1, 1.2, 1.2)  # (84.1 − 82.3) / 2 = 0.8999999999999986 in floats
+    assert frontier_report.target_line([sgd, sam, edge], sgd, sam).endswith(
+        "in FLOPs: edge; in CPU step cost: edge."
     )
 
 
@@ -420,19 +438,21 @@ def test_train_with_tuned_appends_each_chosen_radius_override(tmp_path, no_train
     assert invocation["tuned"] == {"sam": ["rho=0.2"]}  # ssam_f_s0.5 was not asked for
 
 
-def test_a_sweep_stopped_part_way_has_recorded_the_runs_it_finished(tmp_path, monkeypatch):
-    ran = []
+def test_a_sweep_stopped_part_way_records_the_runs_it_finished_and_starts_no_more(tmp_path, monkeypatch):
+    started = []
 
-    def first_run_then_stopped(command, **_):
-        if ran:
+    def stopped_at_the_second_run(command, **_):
+        started.append(command)
+        if len(started) == 2:
             raise KeyboardInterrupt
-        ran.append(command)
+        time.sleep(0.2)  # a third run, if the pool took it before the stop: it must not start a fourth
         return subprocess.CompletedProcess(command, returncode=1)
 
-    monkeypatch.setattr(frontier.subprocess, "run", first_run_then_stopped)
+    monkeypatch.setattr(frontier.subprocess, "run", stopped_at_the_second_run)
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        frontier.main(["train", "--configs", "sgd", "--seeds", "0", "1", "--out", str(out)])
+        frontier.main(["train", "--configs", "sgd", "--seeds", "0", "1", "2", "3", "--out", str(out)])
+    assert len(started) <= 3
     invocation = json.loads((out / "sweep.json").read_text())["invocations"][0]
     assert invocation["finished"] is False
     assert [(run["seed"], run["returncode"]) for run in invocation["runs"]] == [(0, 1)]

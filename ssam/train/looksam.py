@@ -18,7 +18,7 @@ python train.py optimizer=looksam optimizer.k=5 optimizer.alpha=0.7
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -73,7 +73,7 @@ class LookSAMMethod(SharpnessAwareMethod):
 
     # A LookSAM whose SAM steps perturb otherwise (Sparse SAM's mask) changes these two, and keeps
     # LookSAM's own settings.
-    optimizer_class: type[LookSAM] = LookSAM
+    optimizer_class: ClassVar[type[LookSAM]] = LookSAM
 
     @classmethod
     def perturbation_options(cls, values: SettingValues, mask: MaskStrategy | None) -> dict[str, Any]:
