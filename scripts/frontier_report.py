@@ -399,7 +399,7 @@ def header_lines(
         stopped = sum(not invocation.get("finished", True) for invocation in sweep["invocations"])
         lines.append(
             f"Sweep wall time: {wall:.0f} s over {len(sweep['invocations'])} invocation(s)"
-            + (f", {stopped} of them stopped before all their runs had run." if stopped else ".")
+            + (f", {stopped} of them unfinished (stopped part-way, or still running)." if stopped else ".")
         )
     return lines
 
