@@ -268,6 +268,14 @@ def test_report_lists_as_not_run_only_the_configurations_it_is_given(frontier_ou
     assert "late_sam_0.5" not in missing
 
 
+def test_report_says_how_many_invocations_are_unfinished(frontier_out, tmp_path):
+    sweep = json.loads((frontier_out / "sweep.json").read_text())
+    sweep["invocations"].append({**sweep["invocations"][0], "finished": False, "wall_s": 30.0})
+    (frontier_out / "sweep.json").write_text(json.dumps(sweep))
+    header = run_report(frontier_out, tmp_path)[1]
+    assert "Sweep wall time: 90 s over 2 invocation(s), 1 of them unfinished" in header
+
+
 def test_report_writes_the_figure_as_png(frontier_out, tmp_path):
     run_report(frontier_out, tmp_path)
     assert (tmp_path / "figures" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
