@@ -19,8 +19,8 @@ to every run.
   ``--tuned <tuned.json>`` each configuration that ``tune`` tuned runs with its chosen radius
   override appended (the others as they are), and sweep.json records which.
 - ``tune`` chooses each configuration's radius on validation data: it runs, as ``train`` does and
-  on seeds of its own, every value of the configuration's grid (RADIUS_GRIDS: at least 3 values
-  spanning its untuned radius) in ``<out>/<config>/<key>=<value>/seed=<seed>``, and writes
+  on seeds of its own, every value of the configuration's grid (RADIUS_GRIDS or CONFIG_GRIDS: at
+  least 3 values spanning its untuned radius) in ``<out>/<config>/<key>=<value>/seed=<seed>``, and writes
   ``<out>/tuned.json``: the grid, each value's best validation accuracy (summary.json's
   ``best_val_acc``) per seed, and the value with the best mean, the smaller on a tie, and the same
   as a Markdown table in ``<out>/tuned.md``. Test accuracy is never read.
@@ -141,6 +141,10 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     # (1.25 passes a step), or every 5th step with LookSAM's reuse in between (1.2).
     "ssam_f_rst_p0.25": ("optimizer=ssam_f_rst", *MASKED_FISHER, "optimizer.probability=0.25"),
     "ssam_f_looksam_k5": ("optimizer=ssam_f_looksam", *MASKED_FISHER),
+    # LookSAM with α, not ρ, tuned (CONFIG_GRIDS): its reuse steps, k − 1 of every k, add
+    # α·‖g‖ along g_v whatever ρ is, so α alone sets how far they leave the plain gradient.
+    "looksam_k5_alpha": ("optimizer=looksam",),
+    "ssam_f_looksam_k5_alpha": ("optimizer=ssam_f_looksam", *MASKED_FISHER),
 }
 
 # ``tune``'s grid for each method: the override it sets, and the multiples of the configuration's
@@ -164,12 +168,21 @@ RADIUS_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
 }
 
 
+# Grids of a configuration's own, of values rather than multiples: for knobs whose scale is the
+# same on every preset. LookSAM's α is a fraction of ‖g‖: none of g_v (0), a little (0.2), and
+# its authors' 0.7.
+CONFIG_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
+    "looksam_k5_alpha": ("optimizer.alpha", (0.0, 0.2, 0.7)),
+    "ssam_f_looksam_k5_alpha": ("optimizer.alpha", (0.0, 0.2, 0.7)),
+}
+
+
 def method_of(config: str) -> str:
     """The optimizer a configuration runs (its ``optimizer=`` override)."""
     return next(value for key, _, value in (o.partition("=") for o in CONFIGS[config]) if key == "optimizer")
 
 
-TUNABLE = [config for config in CONFIGS if method_of(config) in RADIUS_GRIDS]
+TUNABLE = [config for config in CONFIGS if config in CONFIG_GRIDS or method_of(config) in RADIUS_GRIDS]
 
 
 def run_overrides(preset: str, config: str, extra: list[str]) -> list[str]:
@@ -337,8 +350,12 @@ def train(args: argparse.Namespace) -> int:
 
 
 def radius_grid(preset: str, config: str, extra: list[str]) -> tuple[str, list[float]]:
-    """``tune``'s override key for ``config`` and the values it tries: RADIUS_GRIDS' multiples of
-    the value the configuration has untuned (under the preset and ``extra``)."""
+    """``tune``'s override key for ``config`` and the values it tries: its CONFIG_GRIDS values, or
+    RADIUS_GRIDS' multiples of the value the configuration has untuned (under the preset and
+    ``extra``)."""
+    if config in CONFIG_GRIDS:
+        key, values = CONFIG_GRIDS[config]
+        return key, list(values)
     key, multiples = RADIUS_GRIDS[method_of(config)]
     untuned = OmegaConf.select(compose_config(run_overrides(preset, config, extra)), key)
     # Rounded: 0.1 · 2 should read 0.2 in the override, not 0.2 plus a rounding error.

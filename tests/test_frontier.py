@@ -396,13 +396,19 @@ def test_every_radius_grid_spans_the_configurations_untuned_radius(config):
     key, values = frontier.radius_grid(PRESET, config, [])
     untuned = OmegaConf.select(frontier.compose_config(frontier.run_overrides(PRESET, config, [])), key)
     assert len(values) >= 3 and values == sorted(values)
-    assert values[0] < untuned < values[-1]
+    assert values[0] <= untuned <= values[-1]
 
 
 def test_radius_grids_on_fmnist_noisy_are_the_stated_values():
     assert frontier.radius_grid(PRESET, "sam", []) == ("rho", [0.05, 0.1, 0.2])
     if "sam_on" in REGISTERED:
         assert frontier.radius_grid(PRESET, "sam_on", []) == ("rho", [0.1, 0.5, 1.0])
+
+
+def test_a_configurations_own_grid_keeps_its_values_where_the_presets_radius_differs():
+    assert frontier.radius_grid("fmnist_clean", "sam", []) == ("rho", [0.1, 0.2, 0.4])
+    for preset in (PRESET, "fmnist_clean"):
+        assert frontier.radius_grid(preset, "looksam_k5_alpha", []) == ("optimizer.alpha", [0.0, 0.2, 0.7])
 
 
 def write_tuned(path: Path, overrides: dict[str, str | None], preset: str = PRESET) -> Path:
