@@ -40,8 +40,9 @@ train: setup
 # expensive module fixture stay on one worker (xdist_group marks, --dist loadgroup).
 PYTEST := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -q -n auto --maxprocesses 4 --dist loadgroup
 
+# The slowest tests are listed at the end, to see what the suite's 10-minute budget goes to.
 test: setup
-	$(PYTEST)
+	$(PYTEST) --durations=20
 
 test-fast: setup
 	$(PYTEST) -m "not slow"
