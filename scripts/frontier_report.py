@@ -1,8 +1,8 @@
 """The frontier's report, from the runs' summary.json files, step_cost.json, flops.json and
 sweep.json (see frontier.py, whose ``report`` command calls it).
 
-Per configuration: n finished runs, the radius ρ they trained with (marked where ``frontier.py
-tune`` chose it), the mean and sample std over seeds of the test accuracy at the best validation
+Per configuration: n finished runs, the radius ρ they trained with, the override ``frontier.py
+tune`` chose for it (ρ, or the knob tuned in its place, as SAF's λ), the mean and sample std over seeds of the test accuracy at the best validation
 epoch and of the final test accuracy, the step cost × SGD's (step_cost.json), FLOPs × SGD's
 (flops.json) and the mean training time × SGD's. The Markdown table adds the share of SAM's gain
 kept, (acc − SGD) / (SAM − SGD), and the paired differences to SGD and to SAM: the mean and
@@ -20,7 +20,7 @@ import csv
 import json
 import math
 import statistics
-from collections.abc import Collection
+from collections.abc import Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -48,7 +48,7 @@ CSV_COLUMNS = {
     "passes_per_step": 4,
     "flops_vs_sgd": 4,
     "radius": None,
-    "radius_tuned": None,
+    "tuned": None,
 }
 
 
@@ -117,9 +117,14 @@ def benchmark_name(sweep: dict | None, step_cost: dict | None) -> str | None:
     return next(iter(presets), None)
 
 
-def tuned_configs(sweep: dict | None) -> set[str]:
-    """The configurations that ``frontier.py train --tuned`` ran at a radius chosen by ``tune``."""
-    return {config for invocation in invocations(sweep) for config in invocation.get("tuned", {})}
+def tuned_configs(sweep: dict | None) -> dict[str, str]:
+    """The configurations that ``frontier.py train --tuned`` ran at a value chosen by ``tune``, each
+    with that override (``rho=0.2``; ``optimizer.alpha=0.2`` where another knob was tuned)."""
+    return {
+        config: " ".join(overrides)
+        for invocation in invocations(sweep)
+        for config, overrides in invocation.get("tuned", {}).items()
+    }
 
 
 def radii(runs: list[dict]) -> list[float]:
@@ -133,7 +138,7 @@ def frontier_rows(
     flops: dict | None = None,
     *,
     benchmark: str | None = None,
-    tuned: Collection[str] = (),
+    tuned: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """One row per config with finished runs, sorted by step cost (unmeasured ones last). Each row
     keeps its runs' accuracies by seed, for the paired differences."""
@@ -163,7 +168,7 @@ def frontier_rows(
                 "passes_per_step": counted.get(config, {}).get("passes_per_step"),
                 "flops_vs_sgd": counted.get(config, {}).get("flops_vs_sgd"),
                 "radius": "/".join(f"{radius:g}" for radius in radii(runs)),
-                "radius_tuned": config in tuned,
+                "tuned": (tuned or {}).get(config),
             }
         )
     return sorted(
@@ -343,7 +348,7 @@ def label_noise_line(summaries: dict[str, list[dict]]) -> str:
 
 
 def radius_line(rows: list[dict]) -> str:
-    tuned = [row["config"] for row in rows if row["radius_tuned"]]
+    tuned = [row["config"] for row in rows if row["tuned"]]
     if not tuned:
         return (
             "Radius: none tuned; every configuration at its untuned ρ (the preset's unless the "
@@ -419,6 +424,16 @@ def paired_cell(row: dict, reference: dict | None) -> str:
     return cell
 
 
+def radius_cell(row: dict) -> str:
+    """ρ, marked where tune chose it; where tune chose another knob, that knob's override too."""
+    radius = row["radius"] or "—"
+    if not row["tuned"]:
+        return radius
+    if row["tuned"].startswith("rho="):
+        return f"{radius} (tuned)"
+    return f"{radius}; {row['tuned']} (tuned)"
+
+
 def markdown_table(
     rows: list[dict],
     summaries: dict[str, list[dict]],
@@ -451,7 +466,7 @@ def markdown_table(
 
     for row in rows:
         gain = sam_gain_kept(row, sgd, sam)
-        radius = (row["radius"] or "—") + (" (tuned)" if row["radius_tuned"] else "")
+        radius = radius_cell(row)
         lines.append(
             f"| {row['config']} | {row['benchmark'] or ''} | {row['n']} | {radius} "
             f"| {cell(row['test_acc_at_best_val_mean'], row['test_acc_at_best_val_std'])} "

@@ -127,9 +127,22 @@ def test_report_means_sample_stds_and_ratios_to_sgd(frontier_out, tmp_path):
 def test_report_csv_names_the_benchmark_and_the_radius_each_configuration_ran_at(frontier_out, tmp_path):
     rows = {row["config"]: row for row in run_report(frontier_out, tmp_path)[0]}
     assert {row["benchmark"] for row in rows.values()} == {PRESET}
-    assert (rows["sam"]["radius"], rows["sam"]["radius_tuned"]) == ("0.2", "true")
-    assert (rows["ssam_f_s0.5"]["radius"], rows["ssam_f_s0.5"]["radius_tuned"]) == ("0.1", "false")
-    assert (rows["sgd"]["radius"], rows["sgd"]["radius_tuned"]) == ("", "false")  # SGD has none
+    assert (rows["sam"]["radius"], rows["sam"]["tuned"]) == ("0.2", "rho=0.2")
+    assert (rows["ssam_f_s0.5"]["radius"], rows["ssam_f_s0.5"]["tuned"]) == ("0.1", "")
+    assert (rows["sgd"]["radius"], rows["sgd"]["tuned"]) == ("", "")  # SGD has none
+
+
+@pytest.mark.parametrize(
+    ("radius", "tuned", "cell"),
+    [
+        ("0.1", None, "0.1"),
+        ("0.2", "rho=0.2", "0.2 (tuned)"),
+        ("0.1", "optimizer.alpha=0.2", "0.1; optimizer.alpha=0.2 (tuned)"),  # LookSAM's α tuned, ρ not
+        ("", "optimizer.trajectory_weight=0.3", "—; optimizer.trajectory_weight=0.3 (tuned)"),  # SAF: no ρ
+    ],
+)
+def test_report_radius_cell_names_the_knob_tune_chose_where_it_is_not_rho(radius, tuned, cell):
+    assert frontier_report.radius_cell({"radius": radius, "tuned": tuned}) == cell
 
 
 def test_report_markdown_has_sams_gain_kept_and_the_paired_differences(frontier_out, tmp_path):
