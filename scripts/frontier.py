@@ -145,6 +145,9 @@ CONFIGS: dict[str, tuple[str, ...]] = {
     # α·‖g‖ along g_v whatever ρ is, so α alone sets how far they leave the plain gradient.
     "looksam_k5_alpha": ("optimizer=looksam",),
     "ssam_f_looksam_k5_alpha": ("optimizer=ssam_f_looksam", *MASKED_FISHER),
+    # An ablation, not a tuned row: LookSAM at the α = 0.2 that SSAM-F + LookSAM chose, to tell what
+    # the Fisher mask adds from what α does.
+    "looksam_k5_a0.2": ("optimizer=looksam", "optimizer.alpha=0.2"),
 }
 
 # ``tune``'s grid for each method: the override it sets, and the multiples of the configuration's
