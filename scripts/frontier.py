@@ -527,7 +527,10 @@ class BenchedConfig:
         return train_set, inputs.to(device), targets.to(device)
 
     def step(self, *, sharpness_aware: bool = True) -> None:
-        """The trainer's last step of training, of the kind asked."""
+        """The trainer's first step of its last epoch, of the kind asked: a step with every phase
+        begun (late SAM's, SAF's trajectory loss) and, unlike the epoch's last, a full batch, as the
+        timed batch is. SAF reads its stored logits for that step's examples, which must be as
+        many as the batch's."""
         self._force(sharpness_aware)
         inputs = self.inputs.contiguous(memory_format=self.memory_format)
         take_step(
@@ -535,7 +538,7 @@ class BenchedConfig:
             self.passes,
             inputs,
             self.targets,
-            self.total_steps - 1,
+            self.total_steps - self.steps_per_epoch,
             on_nonfinite=self.cfg.trainer.on_nonfinite,
         )
 
@@ -700,6 +703,7 @@ def flops(args: argparse.Namespace) -> dict:
                 entry.targets,
                 epochs=entry.cfg.epochs,
                 steps_per_epoch=entry.steps_per_epoch,
+                last_batch_size=len(entry.train_set) - (entry.steps_per_epoch - 1) * entry.cfg.batch_size,
             )
             share, passes = entry.foreseen_share, entry.method.passes_per_step
         sgd = entry if name == "sgd" else sgd

@@ -38,6 +38,20 @@ def mean_step_flops(name: str, **settings) -> float:
     return training_flops_per_step(method, Passes(model), inputs, targets, epochs=2, steps_per_epoch=2)
 
 
+def test_the_last_step_of_each_epoch_counts_the_examples_left_for_it():
+    """Steps 0, 2 take 16 examples, steps 1, 3 the 8 left: a linear model's FLOPs follow the batch."""
+    model = small_conv_net()
+    inputs, targets = batches(1, size=16)[0]
+    values = {"lr": 0.1, "weight_decay": 0.0}
+    run = RunContext(model, TensorDataset(inputs, targets), epochs=2, steps_per_epoch=2, seed=0)
+    method = METHODS["sgd"](values, run)
+    full = training_flops_per_step(method, Passes(model), inputs, targets, epochs=2, steps_per_epoch=2)
+    cut = training_flops_per_step(
+        method, Passes(model), inputs, targets, epochs=2, steps_per_epoch=2, last_batch_size=8
+    )
+    assert cut == pytest.approx(0.75 * full, rel=1e-12)
+
+
 def test_sam_costs_two_sgd_steps_and_late_phase_sam_its_share():
     sgd = mean_step_flops("sgd")
     assert mean_step_flops("sam") == 2 * sgd

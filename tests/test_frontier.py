@@ -600,6 +600,18 @@ def test_bench_weighs_each_configurations_two_kinds_of_step_by_its_share_of_shar
         assert (result["sharpness_aware_share"], result["share_from"]) == (0.5, "runs")
 
 
+def test_bench_and_flops_take_saf_where_the_last_batch_of_an_epoch_is_short(tmp_path, one_thread):
+    """SAF reads and stores logits for each step's own examples: a step whose real batch is
+    shorter than the one given (100 = 3 × 32 + 4) must not be given a full one."""
+    tiny = [*TINY, "dataset.train_size=100", "epochs=7"]  # SAF's trajectory loss starts at epoch 6
+    arguments = ["--preset", PRESET, "--configs", "sgd", "saf", "--set", *tiny, "--out", str(tmp_path)]
+    assert frontier.main(["bench", *arguments, *one_thread, "--warmup", "1", "--repeats", "1"]) == 0
+    assert json.loads((tmp_path / "step_cost.json").read_text())["configs"]["saf"]["ratio_vs_sgd"] > 0
+    assert frontier.main(["flops", *arguments]) == 0
+    counted = json.loads((tmp_path / "flops.json").read_text())["configs"]["saf"]
+    assert counted["flops_vs_sgd"] == pytest.approx(1.0, abs=0.01)  # one pass; the logits cost no matmul
+
+
 def test_bench_refuses_a_switching_configuration_without_its_runs(tmp_path, one_thread):
     arguments = ["bench", "--preset", PRESET, "--configs", "rst_p0.5", "--set", *TINY, *one_thread]
     with pytest.raises(SystemExit, match="rst_p0.5's share of sharpness-aware steps comes from its runs"):

@@ -39,14 +39,19 @@ def training_flops_per_step(
     *,
     epochs: int,
     steps_per_epoch: int,
+    last_batch_size: int | None = None,
 ) -> float:
     """The mean FLOPs of a step over a whole training run, taken as the trainer takes it: every
     step's index from the first to the last, each epoch started (so late phases, intervals,
-    switching and mask refreshes come at their own steps), on one batch given every time."""
+    switching and mask refreshes come at their own steps), on one batch given every time, cut to
+    ``last_batch_size`` examples at the last step of each epoch where the training set does not
+    fill it (a method that keeps a record per example, as SAF, needs each step's own size)."""
     total = 0
     for epoch in range(epochs):
         method.start_epoch(epoch)
         for step in range(steps_per_epoch):
             index = epoch * steps_per_epoch + step
-            total += flops_of(lambda index=index: take_step(method, passes, inputs, targets, index))
+            size = last_batch_size if step == steps_per_epoch - 1 and last_batch_size else len(targets)
+            batch = inputs[:size], targets[:size]
+            total += flops_of(lambda index=index, batch=batch: take_step(method, passes, *batch, index))
     return total / (epochs * steps_per_epoch)
