@@ -526,19 +526,28 @@ class BenchedConfig:
         inputs, targets = next(iter(train_loader))
         return train_set, inputs.to(device), targets.to(device)
 
-    def step(self, *, sharpness_aware: bool = True) -> None:
-        """The trainer's first step of its last epoch, of the kind asked: a step with every phase
-        begun (late SAM's, SAF's trajectory loss) and, unlike the epoch's last, a full batch, as the
-        timed batch is. SAF reads its stored logits for that step's examples, which must be as
-        many as the batch's."""
+    @property
+    def last_batch_size(self) -> int:
+        """The examples of an epoch's last step: what the full batches before it leave."""
+        return len(self.train_set) - (self.steps_per_epoch - 1) * self.cfg.batch_size
+
+    def step(self, *, sharpness_aware: bool = True, last_of_epoch: bool = False) -> None:
+        """A step of the last epoch, of the kind asked, with every phase begun (late SAM's, SAF's
+        trajectory loss): its first, on a full batch, or its last, on the examples left for it.
+        The batch must be as large as the step's own: SAF reads and stores logits for the step's
+        examples."""
         self._force(sharpness_aware)
-        inputs = self.inputs.contiguous(memory_format=self.memory_format)
+        inputs, targets = self.inputs, self.targets
+        index = self.total_steps - self.steps_per_epoch
+        if last_of_epoch:
+            inputs, targets = inputs[: self.last_batch_size], targets[: self.last_batch_size]
+            index = self.total_steps - 1
         take_step(
             self.method,
             self.passes,
-            inputs,
-            self.targets,
-            self.total_steps - self.steps_per_epoch,
+            inputs.contiguous(memory_format=self.memory_format),
+            targets,
+            index,
             on_nonfinite=self.cfg.trainer.on_nonfinite,
         )
 
@@ -676,8 +685,14 @@ def weighed_flops_per_step(entry: BenchedConfig, share: float) -> float:
     one batch given at every step, as ``training_flops_per_step`` would take them, need not be
     the share its runs took."""
     entry.step(sharpness_aware=True)  # builds Sparse SAM's first mask, counted below
-    sharpness_aware = flops_of(lambda: entry.step(sharpness_aware=True))
-    other = flops_of(lambda: entry.step(sharpness_aware=False))
+
+    def mean_step_flops(kind: bool) -> float:
+        """An epoch's steps of one kind: all full but the last, as ``training_flops_per_step`` counts."""
+        full = flops_of(lambda: entry.step(sharpness_aware=kind))
+        last = flops_of(lambda: entry.step(sharpness_aware=kind, last_of_epoch=True))
+        return ((entry.steps_per_epoch - 1) * full + last) / entry.steps_per_epoch
+
+    sharpness_aware, other = mean_step_flops(True), mean_step_flops(False)
     masks = 0.0
     if entry.sparse:
         masks = flops_of(entry.optimizer.update_mask) * (1 + entry.later_refreshes()) / entry.total_steps
@@ -703,7 +718,7 @@ def flops(args: argparse.Namespace) -> dict:
                 entry.targets,
                 epochs=entry.cfg.epochs,
                 steps_per_epoch=entry.steps_per_epoch,
-                last_batch_size=len(entry.train_set) - (entry.steps_per_epoch - 1) * entry.cfg.batch_size,
+                last_batch_size=entry.last_batch_size,
             )
             share, passes = entry.foreseen_share, entry.method.passes_per_step
         sgd = entry if name == "sgd" else sgd

@@ -631,15 +631,18 @@ def test_flops_counts_every_step_of_training_relative_to_sgd(tmp_path):
 
 @pytest.mark.slow
 def test_flops_weighs_a_switching_policys_two_steps_by_its_runs_share(tmp_path):
-    for config in ("rst_p0.25", "ssam_f_rst_p0.25"):  # runs of 8 steps, 2 of them sharpness-aware
-        for seed in (0, 1):
-            write_run(tmp_path, config, seed, {"sharpness_aware_steps": 2})
-    arguments = ["flops", "--preset", PRESET, "--configs", "rst_p0.25", "ssam_f_rst_p0.25", "--set", *TINY]
+    # Batches of 48 out of 128 examples: 48, 48 and the 32 left, SGD's steps and the policy's
+    # alike. Runs of 6 steps, 1 and 2 of them sharpness-aware: a share of 0.25.
+    for config in ("rst_p0.25", "ssam_f_rst_p0.25"):
+        for seed, steps in ((0, 1), (1, 2)):
+            write_run(tmp_path, config, seed, {"sharpness_aware_steps": steps})
+    tiny = [*TINY, "batch_size=48"]
+    arguments = ["flops", "--preset", PRESET, "--configs", "rst_p0.25", "ssam_f_rst_p0.25", "--set", *tiny]
     assert frontier.main([*arguments, "--out", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "flops.json").read_text())["configs"]
-    assert results["rst_p0.25"]["flops_vs_sgd"] == pytest.approx(0.75 * 1 + 0.25 * 2)
+    assert results["rst_p0.25"]["flops_vs_sgd"] == pytest.approx(0.75 * 1 + 0.25 * 2, rel=1e-12)
     assert results["rst_p0.25"]["passes_per_step"] == results["ssam_f_rst_p0.25"]["passes_per_step"] == 1.25
-    # The Fisher mask's per-example passes come on top: its first mask and one refresh over 8 steps.
+    # The Fisher mask's per-example passes come on top: its first mask and one refresh over 6 steps.
     assert results["ssam_f_rst_p0.25"]["flops_vs_sgd"] > 1.25
     assert results["ssam_f_rst_p0.25"]["share_from"] == "runs"
 
