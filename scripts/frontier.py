@@ -174,10 +174,10 @@ RADIUS_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
 # Grids of a configuration's own, of values rather than multiples: for knobs whose scale is the
 # same on every preset. LookSAM's α is a fraction of ‖g‖: none of g_v (0), a little (0.2), and
 # its authors' 0.7.
-CONFIG_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = {
-    "looksam_k5_alpha": ("optimizer.alpha", (0.0, 0.2, 0.7)),
-    "ssam_f_looksam_k5_alpha": ("optimizer.alpha", (0.0, 0.2, 0.7)),
-}
+LOOKSAM_ALPHA_GRID = ("optimizer.alpha", (0.0, 0.2, 0.7))
+CONFIG_GRIDS: dict[str, tuple[str, tuple[float, ...]]] = dict.fromkeys(
+    ("looksam_k5_alpha", "ssam_f_looksam_k5_alpha"), LOOKSAM_ALPHA_GRID
+)
 
 
 def method_of(config: str) -> str:
