@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import torch
+import warm_launch
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
@@ -52,14 +53,12 @@ def once_per_worker(key: str, make: Callable[[], T]) -> T:
     return _MADE_ONCE[key]
 
 
+def train_arguments(run_dir: Path, overrides: list[str]) -> list[str]:
+    return [*overrides, f"hydra.run.dir={run_dir}", "trainer.progress_bar=false"]
+
+
 def train_command(run_dir: Path, overrides: list[str]) -> list[str]:
-    return [
-        sys.executable,
-        "train.py",
-        *overrides,
-        f"hydra.run.dir={run_dir}",
-        "trainer.progress_bar=false",
-    ]
+    return [sys.executable, "train.py", *train_arguments(run_dir, overrides)]
 
 
 def torchrun_command(run_dir: Path, overrides: list[str], processes: int) -> list[str]:
@@ -80,7 +79,19 @@ def command(run_dir: Path, overrides: list[str], processes: int = 1) -> list[str
     return torchrun_command(run_dir, overrides, processes)
 
 
-def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None, *, processes: int = 1):
+def train(
+    run_dir: Path,
+    overrides: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    processes: int = 1,
+    new_interpreter: bool = False,
+):
+    """train.py's run and output. One process in run_env() is forked from a warm interpreter
+    (warm_launch); ``new_interpreter``, an ``env`` of the caller's, or torchrun start a new one."""
+    if processes == 1 and env is None and not new_interpreter:
+        arguments = train_arguments(run_dir, overrides)
+        return warm_launch.run(REPO / "train.py", arguments, cwd=REPO, env=run_env(), timeout=TIMEOUT_S)
     return subprocess.run(
         command(run_dir, overrides, processes),
         cwd=REPO,
@@ -91,8 +102,15 @@ def train(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None
     )
 
 
-def train_ok(run_dir: Path, overrides: list[str], env: dict[str, str] | None = None, *, processes: int = 1):
-    result = train(run_dir, overrides, env, processes=processes)
+def train_ok(
+    run_dir: Path,
+    overrides: list[str],
+    env: dict[str, str] | None = None,
+    *,
+    processes: int = 1,
+    new_interpreter: bool = False,
+):
+    result = train(run_dir, overrides, env, processes=processes, new_interpreter=new_interpreter)
     assert result.returncode == 0, f"train.py failed:\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -103,13 +121,19 @@ def kill_after_checkpoints(run_dir: Path, overrides: list[str], writes: int, *, 
     preemption; they run in sessions of their own, so a SIGKILL would leave them training)."""
     checkpoint = run_dir / "last.pt"
     run_dir.mkdir(parents=True)
-    process = subprocess.Popen(
-        command(run_dir, overrides, processes),
-        cwd=REPO,
-        env=run_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    if processes == 1:
+        arguments = train_arguments(run_dir, overrides)
+        process = warm_launch.WarmProcess(
+            REPO / "train.py", arguments, cwd=REPO, env=run_env(), stdout=os.devnull, stderr=os.devnull
+        )
+    else:
+        process = subprocess.Popen(
+            command(run_dir, overrides, processes),
+            cwd=REPO,
+            env=run_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     seen, last_stamp = 0, None
     deadline = time.monotonic() + TIMEOUT_S
     try:
