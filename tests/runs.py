@@ -1,4 +1,4 @@
-"""Running train.py as a subprocess, as a user does, and reading what it leaves behind."""
+"""Running train.py in a process of its own, as a user does, and reading what it leaves behind."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""train.py as a user runs it: a subprocess per run, on small Fashion-MNIST subsets, checking the
+"""train.py as a user runs it: a process per run, on small Fashion-MNIST subsets, checking the
 run directory it leaves (config, metrics, mask log, summary, checkpoint), determinism, resuming
 after a kill, the errors a user can meet, and offline Weights & Biases logging."""
 
@@ -23,9 +23,10 @@ from runs import (
     read_jsonl,
     run_env,
     train,
-    train_command,
+    train_arguments,
     train_ok,
 )
+from warm_launch import WarmProcess
 
 from ssam.data import missing_data_message
 
@@ -246,27 +247,24 @@ def test_same_command_twice_gives_identical_results(trained, tmp_path):
 def _train_and_kill_after_first_epoch(run_dir: Path, overrides: list[str]) -> int:
     """Start a run, SIGKILL it once epoch 1 is recorded and checkpointed; its return code."""
     run_dir.mkdir(parents=True)
-    with open(run_dir.parent / f"{run_dir.name}.out", "w") as out:
-        process = subprocess.Popen(
-            train_command(run_dir, overrides), cwd=REPO, env=run_env(), stdout=out, stderr=subprocess.STDOUT
-        )
-        try:
-            deadline = time.monotonic() + TIMEOUT_S
-            metrics = run_dir / "metrics.jsonl"
-            while process.poll() is None and time.monotonic() < deadline:
-                if (
-                    (run_dir / "last.pt").exists()
-                    and metrics.exists()
-                    and metrics.read_text().count("\n") >= 1
-                ):
-                    break
-                time.sleep(0.05)
-            process.send_signal(signal.SIGKILL)
-        finally:
-            if process.poll() is None:
-                process.kill()
-            process.wait(timeout=60)
-    return process.returncode
+    process = WarmProcess(
+        REPO / "train.py",
+        train_arguments(run_dir, overrides),
+        cwd=REPO,
+        env=run_env(),
+        stdout=run_dir.parent / f"{run_dir.name}.out",
+        stderr=run_dir.parent / f"{run_dir.name}.err",
+    )
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        metrics = run_dir / "metrics.jsonl"
+        while process.poll() is None and time.monotonic() < deadline:
+            if (run_dir / "last.pt").exists() and metrics.exists() and metrics.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+    return process.wait(timeout=60)
 
 
 # The runs a kill interrupts: those of the module's other tests, so that their finished runs
@@ -285,7 +283,8 @@ def resumed(trained, tmp_path_factory):
             straight, _ = trained(optimizer, overrides)
             interrupted = tmp_path_factory.mktemp(f"resume_{optimizer}") / "interrupted"
             returncode = _train_and_kill_after_first_epoch(interrupted, overrides)
-            assert returncode == -signal.SIGKILL, (interrupted.parent / "interrupted.out").read_text()
+            output = [(interrupted.parent / f"interrupted.{stream}").read_text() for stream in ("out", "err")]
+            assert returncode == -signal.SIGKILL, output
             assert (interrupted / "last.pt").exists()
             result = train_ok(interrupted, overrides)
             runs[optimizer] = (straight, interrupted, result)
