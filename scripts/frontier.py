@@ -15,7 +15,8 @@ to every run.
 - ``train`` runs every (config, seed) through train.py in ``<out>/<config>/seed=<seed>``,
   ``--jobs`` at once, each with cores / jobs torch threads; a finished run is skipped and an
   interrupted one resumed (the trainer does both). Each run's output goes to its train.log;
-  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it. With
+  ``<out>/sweep.json`` records the wall time of every invocation and of each run in it (sweeps
+  running at once on one --out each keep their own record; their runs must differ). With
   ``--tuned <tuned.json>`` each configuration that ``tune`` tuned runs with its chosen radius
   override appended (the others as they are), and sweep.json records which.
 - ``tune`` chooses each configuration's radius on validation data: it runs, as ``train`` does and
@@ -54,6 +55,7 @@ to every run.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import os
@@ -61,6 +63,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -256,19 +259,19 @@ def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
 
     started = time.perf_counter()
     results: list[dict] = []
-    record_path = out / "sweep.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
-    entry = {**invocation, "jobs": jobs, "threads_per_run": threads, "finished": False}
-    record["invocations"].append(entry)
+    entry = {
+        **invocation,
+        "id": uuid.uuid4().hex,
+        "jobs": jobs,
+        "threads_per_run": threads,
+        "finished": False,
+    }
 
     def save_record() -> None:
         # After every run, so that a sweep killed part-way still records the runs it finished.
         entry["wall_s"] = time.perf_counter() - started
         entry["runs"] = sorted(results, key=lambda run: (run["config"], run["seed"]))
-        out.mkdir(parents=True, exist_ok=True)
-        temporary = record_path.with_name(f".{record_path.name}.tmp")
-        temporary.write_text(json.dumps(record, indent=2))
-        os.replace(temporary, record_path)
+        save_invocation(out, entry)
 
     save_record()
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -288,6 +291,29 @@ def launch_runs(runs: list[Run], out: Path, jobs: int, invocation: dict) -> int:
     failed = sum(result["returncode"] != 0 for result in results)
     print(f"{len(runs) - failed} of {len(runs)} runs finished; wall time {entry['wall_s']:.1f} s")
     return failed
+
+
+def save_invocation(out: Path, entry: dict) -> None:
+    """Writes ``entry`` into <out>/sweep.json in place of the record with its id, or after the
+    others. Read, changed and replaced under an exclusive lock, so that sweeps running at once on
+    one --out keep each other's records."""
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = out / "sweep.json"
+    # flock, not lockf: it also excludes a second sweep started from another thread of this process.
+    with open(out / ".sweep.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            record = json.loads(record_path.read_text()) if record_path.exists() else {"invocations": []}
+            ids = [invocation.get("id") for invocation in record["invocations"]]
+            if entry["id"] in ids:
+                record["invocations"][ids.index(entry["id"])] = entry
+            else:
+                record["invocations"].append(entry)
+            temporary = record_path.with_name(f".{record_path.name}.tmp")
+            temporary.write_text(json.dumps(record, indent=2))
+            os.replace(temporary, record_path)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def report_run(out: Path, result: dict, done: int, total: int) -> None:

@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -492,6 +493,38 @@ def test_a_finished_sweep_says_so_and_a_second_is_appended(tmp_path, no_training
     invocations = json.loads((out / "sweep.json").read_text())["invocations"]
     assert [invocation["finished"] for invocation in invocations] == [True, True]
     assert [len(invocation["runs"]) for invocation in invocations] == [1, 1]
+
+
+def test_two_sweeps_at_once_on_one_out_keep_each_others_records(tmp_path, monkeypatch):
+    both_started = threading.Barrier(2)
+
+    def interleaved(command, **_):
+        # Each sweep's first run waits for the other's: both have read sweep.json before either
+        # writes its first result.
+        if "seed=0" in command:
+            both_started.wait(timeout=30)
+        time.sleep(0.05)
+        return subprocess.CompletedProcess(command, returncode=1)
+
+    monkeypatch.setattr(frontier.subprocess, "run", interleaved)
+    out = tmp_path / "out"
+    sweeps = [
+        threading.Thread(
+            target=frontier.main,
+            args=(["train", "--configs", config, "--seeds", "0", "1", "--out", str(out)],),
+        )
+        for config in ("sgd", "sam")
+    ]
+    for sweep in sweeps:
+        sweep.start()
+    for sweep in sweeps:
+        sweep.join(timeout=60)
+    invocations = json.loads((out / "sweep.json").read_text())["invocations"]
+    assert sorted((invocation["configs"], invocation["finished"]) for invocation in invocations) == [
+        (["sam"], True),
+        (["sgd"], True),
+    ]
+    assert all(len(invocation["runs"]) == 2 for invocation in invocations)
 
 
 def test_train_refuses_a_tuned_json_without_a_radius_for_a_configuration(tmp_path, no_training):
