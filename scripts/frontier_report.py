@@ -137,7 +137,7 @@ def frontier_rows(
     step_cost: dict | None,
     flops: dict | None = None,
     *,
-    benchmark: str | None = None,
+    benchmark: str,
     tuned: Mapping[str, str] | None = None,
 ) -> list[dict]:
     """One row per config with finished runs, sorted by step cost (unmeasured ones last). Each row
@@ -253,7 +253,7 @@ def _csv_cell(value: float | str | bool | None, digits: int | None) -> str:
     return str(value) if digits is None else f"{value:.{digits}f}"
 
 
-def write_csv(rows: list[dict], path: Path, benchmark: str | None) -> None:
+def write_csv(rows: list[dict], path: Path, benchmark: str) -> None:
     """This benchmark's rows, after the other benchmarks' rows the CSV already holds: each
     benchmark's report adds its own to one file, and a later report of it replaces them."""
     others = []
@@ -265,7 +265,7 @@ def write_csv(rows: list[dict], path: Path, benchmark: str | None) -> None:
                     f"error: {path} is not a frontier report's CSV (its columns: "
                     f"{', '.join(reader.fieldnames or [])}); give --csv another file"
                 )
-            others = [row for row in reader if row["benchmark"] != (benchmark or "")]
+            others = [row for row in reader if row["benchmark"] != benchmark]
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -383,7 +383,7 @@ def header_lines(
     by_name = {row["config"]: row for row in rows}
     seeds = sorted({row["n"] for row in rows})
     lines = [
-        f"Benchmark: {rows[0]['benchmark'] or 'unnamed'}. Runs per config: {', '.join(map(str, seeds))}; "
+        f"Benchmark: {rows[0]['benchmark']}. Runs per config: {', '.join(map(str, seeds))}; "
         "mean ± sample std over seeds.",
         "Paired differences (Δ): mean ± standard error of acc_s − ref_s over the seeds s both have; "
         "run s of every configuration starts from the same weights and draws its batches in the same order "
@@ -538,14 +538,18 @@ def report(out: Path, csv_path: Path, figure: Path | None, markdown: str | None,
     ]
     benchmark = benchmark_name(sweep, step_cost)
     if benchmark is None:
-        missing.append("benchmark: no preset named in sweep.json or step_cost.json")
+        # One name for the CSV's rows and the figure: the folder's.
+        benchmark = out.name
+        missing.append(
+            f"benchmark: no preset named in sweep.json or step_cost.json; named {benchmark} after --out"
+        )
     rows = frontier_rows(summaries, step_cost, flops, benchmark=benchmark, tuned=tuned_configs(sweep))
     dataset = next(iter(summaries.values()))[0].get("dataset", "")
     write_csv(rows, csv_path, benchmark)
     plot_frontier(
         rows,
-        figure or Path("docs/figures") / f"frontier_{benchmark or out.name}.png",
-        title=f"{benchmark or out.name} ({dataset}): accuracy against FLOPs and against CPU step cost",
+        figure or Path("docs/figures") / f"frontier_{benchmark}.png",
+        title=f"{benchmark} ({dataset}): accuracy against FLOPs and against CPU step cost",
     )
     table = markdown_table(rows, summaries, missing, step_cost, sweep)
     if markdown in (None, "-"):

@@ -273,6 +273,28 @@ def test_report_names_its_figure_after_the_benchmark_by_default(frontier_out, tm
     assert (tmp_path / "docs" / "figures" / f"frontier_{PRESET}.png").exists()
 
 
+def test_report_without_a_preset_names_the_csv_rows_and_the_figure_after_the_folder(
+    frontier_out, tmp_path, monkeypatch
+):
+    for name in ("sweep.json", "step_cost.json"):
+        record = json.loads((frontier_out / name).read_text())
+        for part in (record, *record.get("invocations", [])):
+            part.pop("preset", None)
+        (frontier_out / name).write_text(json.dumps(record))
+    monkeypatch.chdir(tmp_path)
+    assert (
+        frontier.main(["report", "--out", str(frontier_out), "--csv", "frontier.csv", "--markdown", "f.md"])
+        == 0
+    )
+    with open(tmp_path / "frontier.csv", newline="") as f:
+        assert {row["benchmark"] for row in csv.DictReader(f)} == {frontier_out.name}
+    assert (tmp_path / "docs" / "figures" / f"frontier_{frontier_out.name}.png").exists()
+    assert (
+        f"no preset named in sweep.json or step_cost.json; named {frontier_out.name}"
+        in (tmp_path / "f.md").read_text()
+    )
+
+
 def test_report_lists_as_not_run_only_the_configurations_it_is_given(frontier_out, tmp_path):
     arguments = ["report", "--out", str(frontier_out), "--csv", str(tmp_path / "frontier.csv")]
     arguments += ["--figure", str(tmp_path / "frontier.png"), "--markdown", str(tmp_path / "frontier.md")]
