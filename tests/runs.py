@@ -79,6 +79,15 @@ def command(run_dir: Path, overrides: list[str], processes: int = 1) -> list[str
     return torchrun_command(run_dir, overrides, processes)
 
 
+def start_warm(run_dir: Path, overrides: list[str], *, stdout: str | Path, stderr: str | Path):
+    """train.py as one process in run_env(), forked from a warm interpreter (warm_launch), its
+    streams written to the files ``stdout`` and ``stderr``."""
+    arguments = train_arguments(run_dir, overrides)
+    return warm_launch.WarmProcess(
+        REPO / "train.py", arguments, cwd=REPO, env=run_env(), stdout=stdout, stderr=stderr
+    )
+
+
 def train(
     run_dir: Path,
     overrides: list[str],
@@ -122,10 +131,7 @@ def kill_after_checkpoints(run_dir: Path, overrides: list[str], writes: int, *, 
     checkpoint = run_dir / "last.pt"
     run_dir.mkdir(parents=True)
     if processes == 1:
-        arguments = train_arguments(run_dir, overrides)
-        process = warm_launch.WarmProcess(
-            REPO / "train.py", arguments, cwd=REPO, env=run_env(), stdout=os.devnull, stderr=os.devnull
-        )
+        process = start_warm(run_dir, overrides, stdout=os.devnull, stderr=os.devnull)
     else:
         process = subprocess.Popen(
             command(run_dir, overrides, processes),

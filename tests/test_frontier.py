@@ -521,8 +521,8 @@ def test_two_sweeps_at_once_on_one_out_keep_each_others_records(tmp_path, monkey
     both_started = threading.Barrier(2)
 
     def interleaved(command, **_):
-        # Each sweep's first run waits for the other's: both have read sweep.json before either
-        # writes its first result.
+        # Each sweep's first run waits for the other's, so that both sweeps are under way, and
+        # their records written in turns, before either run ends.
         if "seed=0" in command:
             both_started.wait(timeout=30)
         time.sleep(0.05)

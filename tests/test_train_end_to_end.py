@@ -15,18 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 from runs import (
-    REPO,
     TIMEOUT_S,
     model_weights,
     once_per_worker,
     read_json,
     read_jsonl,
     run_env,
+    start_warm,
     train,
-    train_arguments,
     train_ok,
 )
-from warm_launch import WarmProcess
 
 from ssam.data import missing_data_message
 
@@ -247,11 +245,9 @@ def test_same_command_twice_gives_identical_results(trained, tmp_path):
 def _train_and_kill_after_first_epoch(run_dir: Path, overrides: list[str]) -> int:
     """Start a run, SIGKILL it once epoch 1 is recorded and checkpointed; its return code."""
     run_dir.mkdir(parents=True)
-    process = WarmProcess(
-        REPO / "train.py",
-        train_arguments(run_dir, overrides),
-        cwd=REPO,
-        env=run_env(),
+    process = start_warm(
+        run_dir,
+        overrides,
         stdout=run_dir.parent / f"{run_dir.name}.out",
         stderr=run_dir.parent / f"{run_dir.name}.err",
     )
